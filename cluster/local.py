@@ -1,0 +1,160 @@
+"""The embedded local cluster: a real Ray head on this machine, with token auth on.
+
+``up`` runs ``ray start --head`` bound to 127.0.0.1 with ``RAY_AUTH_MODE=token``, the
+default datacenter's labels and the ``AIMASS_*`` settings in its environment (so every job
+and replica inherits them). ``down`` ends only the processes of *this* cluster, found by
+its private temp dir and GCS address, never other Ray clusters on the host (``ray stop``
+would end them all). Both are idempotent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+from cluster.exceptions import ClusterError
+from cluster.settings import Settings
+
+_READY_TIMEOUT_S = 90.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterInfo:
+    """What a user needs to reach a running local cluster."""
+
+    dashboard_url: str
+    gcs_address: str
+    token_path: Path
+    started: bool  # False when `up` found it already running
+
+
+def ensure_token(path: Path) -> str:
+    """Return the cluster token, creating it (mode 0600) if missing; tighten loose modes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+    token = path.read_text().strip()
+    if not token:
+        raise ClusterError(f"Token file {path} is empty; delete it and run `aimass up` again.")
+    return token
+
+
+def auth_headers(settings: Settings) -> dict[str, str]:
+    return {"Authorization": f"Bearer {settings.token_path.read_text().strip()}"}
+
+
+def is_running(settings: Settings) -> bool:
+    """True when this cluster's dashboard answers an authenticated request."""
+    if not settings.token_path.exists():
+        return False
+    try:
+        r = httpx.get(
+            f"{settings.dashboard_url}/api/version", headers=auth_headers(settings), timeout=2.0
+        )
+    except httpx.HTTPError:
+        return False
+    return r.status_code == 200
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def head_command(settings: Settings) -> list[str]:
+    """The ``ray start --head`` command line for this machine's embedded cluster."""
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    return [
+        ray_cli,
+        "start",
+        "--head",
+        f"--node-ip-address={settings.host}",
+        f"--port={settings.gcs_port}",
+        f"--dashboard-host={settings.host}",
+        f"--dashboard-port={settings.dashboard_port}",
+        f"--num-cpus={settings.head_cpus}",
+        f"--temp-dir={settings.ray_temp_dir}",
+        # Ray's fixed defaults for these would collide between two local clusters.
+        f"--ray-client-server-port={_free_port(settings.host)}",
+        f"--dashboard-agent-listen-port={_free_port(settings.host)}",
+        "--disable-usage-stats",
+    ]
+
+
+def up(settings: Settings) -> ClusterInfo:
+    """Start the local head if it is not running; wait until its dashboard answers."""
+    info = ClusterInfo(
+        settings.dashboard_url, settings.gcs_address, settings.token_path, started=False
+    )
+    ensure_token(settings.token_path)
+    if is_running(settings):
+        return info
+    settings.home.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        **settings.as_env(),
+        **settings.datacenter.node_env(),
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(settings.token_path),
+    }
+    proc = subprocess.run(head_command(settings), env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ClusterError(
+            "`ray start --head` failed (is the port taken by another cluster? set "
+            f"AIMASS_GCS_PORT / AIMASS_DASHBOARD_PORT):\n{proc.stderr[-2000:]}",
+            settings.gcs_address,
+        )
+    deadline = time.monotonic() + _READY_TIMEOUT_S
+    while not is_running(settings):
+        if time.monotonic() > deadline:
+            raise ClusterError(
+                f"Ray head started but its dashboard did not answer in {_READY_TIMEOUT_S:.0f} s; "
+                f"see logs under {settings.ray_temp_dir}/session_latest/logs.",
+                settings.dashboard_url,
+            )
+        time.sleep(0.5)
+    return ClusterInfo(
+        settings.dashboard_url, settings.gcs_address, settings.token_path, started=True
+    )
+
+
+def cluster_processes(settings: Settings) -> list[psutil.Process]:
+    """Processes that belong to this cluster: their command line names its temp dir or GCS."""
+    temp_dir = str(settings.ray_temp_dir)
+    gcs = re.compile(rf"{re.escape(settings.gcs_address)}(?!\d)")
+    mine = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if proc.pid != os.getpid() and (temp_dir in cmdline or gcs.search(cmdline)):
+            mine.append(proc)
+    return mine
+
+
+def down(settings: Settings, timeout_s: float = 20.0) -> int:
+    """Stop this cluster's processes (TERM, then KILL after ``timeout_s``); return how many."""
+    procs = cluster_processes(settings)
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
+    return len(procs)

@@ -1,0 +1,1 @@
+"""Internals of the jobs package; not for use outside jobs/."""

@@ -1,0 +1,30 @@
+"""Command-line parsing shared by the job entrypoints: flags from a pydantic model."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def parse_config(model: type[T], description: str, argv: list[str] | None) -> T:
+    """Build ``model`` from ``--flag value`` arguments, one per field.
+
+    A bad value exits with status 2 and one line per problem naming the flag, the value
+    and what is allowed, instead of a traceback.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    for name, field in model.model_fields.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, help=field.description)
+    args = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    try:
+        return model(**args)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"--{str(e['loc'][0]).replace('_', '-')} {e.get('input')!r}: {e['msg']}"
+            for e in err.errors()
+        )
+        parser.error(problems)

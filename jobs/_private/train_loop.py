@@ -1,0 +1,164 @@
+"""The function every Ray Train worker runs: DeepSpeed ZeRO over a Ray Data shard.
+
+Each worker reads its share of the Parquet shards through Ray Data, trains with DeepSpeed
+(initialised here, inside the worker, on the process group Ray Train set up: gloo on CPU,
+NCCL on GPU), all-reduces its metrics and reports them every epoch. Rank 0 checkpoints
+the full weights as safetensors through Ray Train; a restarted worker group resumes from
+the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import ray.train
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from jobs.configs import TrainConfig
+from models.weights import load_weights, save_weights
+from models.zoo import build_model
+
+WEIGHTS = "model.safetensors"
+STATE = "train_state.json"
+
+
+def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": cfg.batch_size,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": cfg.batch_size * world_size,
+        "gradient_clipping": 1.0,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "steps_per_print": 2**31 - 1,  # progress is printed by this loop, once per epoch
+    }
+
+
+def _restore(model: torch.nn.Module) -> int:
+    """Load the latest Ray Train checkpoint into ``model``; return the epoch to start at."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as folder:
+        load_weights(model, Path(folder) / WEIGHTS)
+        return json.loads((Path(folder) / STATE).read_text())["epoch"] + 1
+
+
+def _all_reduce_sum(*values: float) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def _evaluate(engine, shard, batch_size: int) -> tuple[float, float]:
+    """(correct, seen) over this worker's validation shard."""
+    engine.module.eval()
+    correct = seen = 0.0
+    with torch.no_grad():
+        for batch in shard.iter_torch_batches(batch_size=batch_size, device=engine.device):
+            correct += (engine(batch["features"]).argmax(1) == batch["label"]).sum().item()
+            seen += len(batch["label"])
+    engine.module.train()
+    return correct, seen
+
+
+def _save_checkpoint(engine, zero_stage: int, rank: int, metrics: dict, epoch: int) -> None:
+    """Report ``metrics`` with a checkpoint of the full weights, written by rank 0."""
+    import deepspeed
+
+    # ZeRO-3 partitions parameters across ranks: gather them (a collective, so every rank
+    # enters) before rank 0 reads the full state dict.
+    gather = (
+        deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None)
+        if zero_stage == 3
+        else contextlib.nullcontext()
+    )
+    with gather, tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if rank == 0:
+            save_weights(engine.module, Path(folder) / WEIGHTS)
+            (Path(folder) / STATE).write_text(json.dumps({"epoch": epoch}))
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _mlflow_logger(config: dict):
+    """A function logging epoch metrics to the job's MLflow run (rank 0 only), or None."""
+    if not config.get("mlflow_run_id"):
+        return None
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=config["tracking_uri"])
+
+    def log(metrics: dict, step: int) -> None:
+        for key, value in metrics.items():
+            client.log_metric(config["mlflow_run_id"], key, value, step=step)
+
+    return log
+
+
+def train_func(config: dict) -> None:
+    import deepspeed  # imported on the worker: heavy, and it probes the accelerator here
+
+    cfg = TrainConfig(**config["train"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.architecture, **cfg.model_options)
+    start_epoch = _restore(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=deepspeed_config(cfg, world)
+    )
+    log_metrics = _mlflow_logger(config) if rank == 0 else None
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    started = time.monotonic()
+    for epoch in range(start_epoch, cfg.epochs):
+        t0, loss_sum, rows = time.monotonic(), 0.0, 0
+        # drop_last: every rank takes the same number of steps, so collectives never hang.
+        batches = train_shard.iter_torch_batches(
+            batch_size=cfg.batch_size,
+            device=engine.device,
+            drop_last=True,
+            local_shuffle_buffer_size=4 * cfg.batch_size,
+            local_shuffle_seed=cfg.seed + epoch,
+        )
+        for batch in batches:
+            loss = F.cross_entropy(engine(batch["features"]), batch["label"])
+            engine.backward(loss)
+            engine.step()
+            loss_sum += loss.item() * len(batch["label"])
+            rows += len(batch["label"])
+        loss_sum, rows, correct, seen = _all_reduce_sum(
+            loss_sum, rows, *_evaluate(engine, val_shard, cfg.batch_size)
+        )
+        elapsed = time.monotonic() - t0
+        metrics = {
+            "epoch": epoch,
+            "train_loss": loss_sum / max(rows, 1),
+            "val_accuracy": correct / max(seen, 1),
+            "rows_per_s": rows / elapsed,
+        }
+        last = epoch == cfg.epochs - 1
+        if log_metrics:
+            log_metrics(metrics, step=epoch)
+        if rank == 0:
+            eta = (
+                (time.monotonic() - started) / (epoch - start_epoch + 1) * (cfg.epochs - epoch - 1)
+            )
+            print(
+                f"[train] epoch {epoch + 1}/{cfg.epochs} loss={metrics['train_loss']:.4f} "
+                f"val_acc={metrics['val_accuracy']:.4f} {metrics['rows_per_s']:.0f} rows/s "
+                f"eta {eta:.0f}s",
+                flush=True,
+            )
+        if last or (epoch + 1) % cfg.checkpoint_every == 0:
+            _save_checkpoint(engine, cfg.zero_stage, rank, metrics, epoch)
+        else:
+            ray.train.report(metrics)

@@ -1,0 +1,9 @@
+"""Typed run configurations and their named presets.
+
+A preset is a function returning a config; variants derive from a base with
+``dataclasses.replace``. ``python -m jobs.train --config <preset>`` picks one by name.
+"""
+
+from jobs.configs.train import PRESETS, TrainConfig, preset
+
+__all__ = ["PRESETS", "TrainConfig", "preset"]

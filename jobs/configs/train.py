@@ -1,0 +1,97 @@
+"""The training configuration and its presets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+
+
+@dataclass(kw_only=True, frozen=True, slots=True)
+class TrainConfig:
+    """One training run: model, data, DeepSpeed and the gate that makes a champion."""
+
+    name: str
+    """Run name: the Ray Train run folder and the MLflow run name."""
+    architecture: str = "digits_cnn"
+    """Model architecture from the zoo (``models.zoo.ARCHITECTURES``)."""
+    model_options: dict = field(default_factory=dict)
+    """Keyword options of the architecture's constructor."""
+    dataset: str = "digits"
+    """Dataset name under ``<storage>/datasets`` (written by ``jobs.ingest``)."""
+    register_as: str = "digits"
+    """Registered model name the trained version is added to."""
+    num_workers: int = 2
+    """Ray Train workers (data-parallel ranks)."""
+    use_gpu: bool = False
+    """One GPU per worker (NCCL); CPU workers use gloo."""
+    epochs: int = 20
+    batch_size: int = 32
+    """Micro-batch per worker; the global batch is batch_size x num_workers."""
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage: 0 (plain data parallel), 1, 2 or 3."""
+    seed: int = 0
+    checkpoint_every: int = 5
+    """Epochs between checkpoints (the last epoch always checkpoints)."""
+    min_accuracy: float = 0.97
+    """Test accuracy at or above which the new version becomes ``champion``."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.num_workers >= 1, "num_workers must be >= 1"),
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.zero_stage in (0, 1, 2, 3), "zero_stage must be 0, 1, 2 or 3"),
+            (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
+            (0.0 <= self.min_accuracy <= 1.0, "min_accuracy must be in [0, 1]"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"TrainConfig {self.name!r}: {message}.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def with_overrides(self, pairs: list[str]) -> TrainConfig:
+        """Apply ``key=value`` overrides, each value cast to the field's type."""
+        types = {f.name: type(getattr(self, f.name)) for f in fields(self)}
+        changes = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or key not in types or types[key] is dict:
+                raise ValueError(
+                    f"Bad override {pair!r}: use key=value with key in {sorted(types)}."
+                )
+            cast = types[key]
+            changes[key] = value.lower() in ("1", "true", "yes") if cast is bool else cast(value)
+        return replace(self, **changes)
+
+
+def digits_cnn() -> TrainConfig:
+    """The demo run: the digits CNN on 2 CPU workers with ZeRO-2."""
+    return TrainConfig(name="digits_cnn")
+
+
+def digits_cnn_zero1() -> TrainConfig:
+    return replace(digits_cnn(), name="digits_cnn_zero1", zero_stage=1)
+
+
+def digits_cnn_smoke() -> TrainConfig:
+    """A few epochs, for tests of the job's plumbing (no accuracy gate)."""
+    return replace(digits_cnn(), name="digits_cnn_smoke", epochs=3, min_accuracy=0.0)
+
+
+PRESETS: dict[str, Callable[[], TrainConfig]] = {
+    f.__name__: f for f in (digits_cnn, digits_cnn_zero1, digits_cnn_smoke)
+}
+
+
+def preset(name: str) -> TrainConfig:
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(
+            f"Unknown config {name!r}; presets: {', '.join(sorted(PRESETS))}."
+        ) from None

@@ -1,0 +1,126 @@
+"""Datasets on the storage URI: Parquet shards per split plus a manifest.
+
+The manifest is written last, so a dataset without one is incomplete and never read. It
+holds the schema, row counts and the SHA-256 of every shard; its own SHA-256 identifies
+the data a model was trained on (the registry records it as lineage).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cluster import storage
+
+MANIFEST = "manifest.json"
+FEATURES = "features"
+LABEL = "label"
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A dataset's manifest, as read back from storage."""
+
+    root: str  # the dataset's folder URI
+    data: dict
+    sha256: str
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return tuple(self.data["feature_shape"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.data["num_classes"])
+
+    def rows(self, split: str) -> int:
+        return int(self.data["splits"][split]["rows"])
+
+    def shard_uris(self, split: str) -> list[str]:
+        return [storage.join(self.root, s["file"]) for s in self.data["splits"][split]["shards"]]
+
+    def load_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """All rows of a small split in memory, shards checked against their SHA-256.
+
+        Returns (features (N, *feature_shape) float32, labels (N,) int64). For evaluation
+        and the demo's queries; training streams shards through Ray Data instead.
+        """
+        tables = []
+        for shard in self.data["splits"][split]["shards"]:
+            raw = storage.read_bytes(storage.join(self.root, shard["file"]))
+            if hashlib.sha256(raw).hexdigest() != shard["sha256"]:
+                raise ValueError(f"Shard {shard['file']} of {self.root} fails its SHA-256 check.")
+            tables.append(pq.read_table(io.BytesIO(raw)))
+        table = pa.concat_tables(tables)
+        features = np.asarray(table[FEATURES].combine_chunks().flatten(), dtype=np.float32)
+        labels = table[LABEL].to_numpy().astype(np.int64)
+        return features.reshape(len(labels), *self.feature_shape), labels
+
+
+def dataset_uri(storage_root: str, name: str) -> str:
+    return storage.join(storage_root, "datasets", name)
+
+
+def read_manifest(root: str) -> Manifest:
+    uri = storage.join(root, MANIFEST)
+    if not storage.exists(uri):
+        raise FileNotFoundError(
+            f"No dataset at {root} (no {MANIFEST}); run `python -m jobs.ingest` first."
+        )
+    raw = storage.read_bytes(uri)
+    return Manifest(root=root, data=json.loads(raw), sha256=hashlib.sha256(raw).hexdigest())
+
+
+def to_table(features: np.ndarray, labels: np.ndarray) -> pa.Table:
+    """Rows as Arrow: ``features`` a fixed-size list of float32, ``label`` int64."""
+    width = int(np.prod(features.shape[1:]))
+    flat = pa.array(features.reshape(-1).astype(np.float32))
+    return pa.table(
+        {
+            FEATURES: pa.FixedSizeListArray.from_arrays(flat, width),
+            LABEL: pa.array(labels.astype(np.int64)),
+        }
+    )
+
+
+def write_dataset(
+    root: str,
+    name: str,
+    splits: dict[str, tuple[np.ndarray, np.ndarray]],
+    shards_per_split: int,
+    extra: dict,
+) -> Manifest:
+    """Write each split as Parquet shards with SHA-256s, then the manifest (last)."""
+    entries = {}
+    for split, (features, labels) in splits.items():
+        shards = []
+        for i, idx in enumerate(np.array_split(np.arange(len(labels)), shards_per_split)):
+            buf = io.BytesIO()
+            pq.write_table(to_table(features[idx], labels[idx]), buf)
+            raw = buf.getvalue()
+            file = f"{split}-{i:05d}-of-{shards_per_split:05d}.parquet"
+            storage.write_bytes(storage.join(root, file), raw)
+            shards.append(
+                {"file": file, "rows": len(idx), "sha256": hashlib.sha256(raw).hexdigest()}
+            )
+        entries[split] = {"rows": len(labels), "shards": shards}
+    first = next(iter(splits.values()))
+    manifest = {
+        "dataset": name,
+        "format": 1,
+        "schema": str(to_table(first[0][:1], first[1][:1]).schema),
+        "feature_shape": list(first[0].shape[1:]),
+        "splits": entries,
+        **extra,
+    }
+    storage.write_bytes(
+        storage.join(root, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True).encode()
+    )
+    return read_manifest(root)

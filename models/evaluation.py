@@ -1,0 +1,45 @@
+"""Classification metrics, computed with scikit-learn from labels and class probabilities."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn import metrics
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """Scalar metrics for a multi-class classifier.
+
+    Args:
+        y_true: (N,) integer labels.
+        proba: (N, C) class probabilities (rows sum to 1).
+
+    Returns:
+        accuracy, macro and weighted precision/recall/F1, one-vs-rest ROC-AUC (macro) and
+        Cohen's kappa, each a float.
+    """
+    y_pred = proba.argmax(axis=1)
+    labels = np.arange(proba.shape[1])
+    out = {
+        "accuracy": metrics.accuracy_score(y_true, y_pred),
+        "cohen_kappa": metrics.cohen_kappa_score(y_true, y_pred, labels=labels),
+        "roc_auc_ovr": metrics.roc_auc_score(
+            y_true, proba, multi_class="ovr", average="macro", labels=labels
+        ),
+    }
+    for average in ("macro", "weighted"):
+        p, r, f, _ = metrics.precision_recall_fscore_support(
+            y_true, y_pred, average=average, labels=labels, zero_division=0
+        )
+        out |= {f"precision_{average}": p, f"recall_{average}": r, f"f1_{average}": f}
+    return {k: float(v) for k, v in out.items()}
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> list[list[int]]:
+    """Confusion matrix as nested lists (rows: true class, columns: predicted)."""
+    return metrics.confusion_matrix(y_true, y_pred, labels=np.arange(num_classes)).tolist()
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)

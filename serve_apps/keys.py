@@ -1,0 +1,158 @@
+"""API keys for the gateway: stored salted and hashed on the storage URI, never in plain.
+
+A key reads ``amk_<id>_<secret>``. The id finds the record; the secret is checked by
+comparing SHA-256(salt + secret) with the stored hash in constant time. Every gateway
+replica reads the same file (on the storage URI), re-reading it at most every
+``ttl_s`` seconds, so a revocation reaches all of them within that time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+from cluster import storage
+
+KEY_PREFIX = "amk"
+SCOPES = frozenset({"predict", "admin"})
+_KEY_FORMAT = re.compile(rf"^{KEY_PREFIX}_([0-9a-f]{{12}})_([A-Za-z0-9_-]{{20,100}})$")
+# Hashed when the id is unknown, so a miss costs the same time as a wrong secret.
+_DUMMY_SALT = secrets.token_hex(16)
+
+
+class AuthError(Exception):
+    """A request's credentials were refused. ``status`` is 401 or 403."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+    def __reduce__(self):
+        return (type(self), (self.status, str(self)))
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: str
+    name: str
+    salt: str
+    hash: str
+    scopes: tuple[str, ...]
+    created: str
+    revoked: str | None = None
+
+
+def _hash(salt: str, secret: str) -> str:
+    return hashlib.sha256((salt + secret).encode()).hexdigest()
+
+
+def keys_uri(storage_root: str) -> str:
+    return storage.join(storage_root, "gateway", "api_keys.json")
+
+
+@dataclass
+class KeyStore:
+    """Create, list, revoke and check API keys kept in one JSON file.
+
+    Args:
+        uri: Where the keys file lives (see ``keys_uri``).
+        ttl_s: How long a replica trusts its cached copy of the file.
+    """
+
+    uri: str
+    ttl_s: float = 2.0
+    _cache: dict[str, KeyRecord] = field(default_factory=dict, repr=False)
+    _loaded_at: float = field(default=float("-inf"), repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def _read(self) -> dict[str, KeyRecord]:
+        if not storage.exists(self.uri):
+            return {}
+        data = json.loads(storage.read_bytes(self.uri))
+        return {k["id"]: KeyRecord(**{**k, "scopes": tuple(k["scopes"])}) for k in data["keys"]}
+
+    def _write(self, records: dict[str, KeyRecord]) -> None:
+        body = {"keys": [asdict(r) for r in records.values()]}
+        storage.write_bytes(self.uri, json.dumps(body, indent=2).encode())
+        self._loaded_at = float("-inf")
+
+    def records(self) -> dict[str, KeyRecord]:
+        with self._lock:
+            if time.monotonic() - self._loaded_at > self.ttl_s:
+                self._cache, self._loaded_at = self._read(), time.monotonic()
+            return self._cache
+
+    def create(self, name: str, scopes: tuple[str, ...] = ("predict",)) -> tuple[str, KeyRecord]:
+        """Make a key; return it in plain (shown once, never stored) and its record."""
+        unknown = set(scopes) - SCOPES
+        if unknown:
+            raise ValueError(f"Unknown scopes {sorted(unknown)}; choose from {sorted(SCOPES)}.")
+        key_id, secret, salt = (
+            secrets.token_hex(6),
+            secrets.token_urlsafe(32),
+            secrets.token_hex(16),
+        )
+        record = KeyRecord(
+            id=key_id,
+            name=name,
+            salt=salt,
+            hash=_hash(salt, secret),
+            scopes=tuple(scopes),
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        records = self._read()
+        records[key_id] = record
+        self._write(records)
+        return f"{KEY_PREFIX}_{key_id}_{secret}", record
+
+    def revoke(self, key_id: str) -> KeyRecord:
+        records = self._read()
+        if key_id not in records:
+            raise KeyError(f"No API key with id {key_id!r}; `aimass keys list` shows them.")
+        revoked = KeyRecord(
+            **{
+                **asdict(records[key_id]),
+                "revoked": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+        )
+        records[key_id] = revoked
+        self._write(records)
+        return revoked
+
+    def authenticate(self, presented: str | None, scope: str = "predict") -> KeyRecord:
+        """The record of a valid, unrevoked key with ``scope``; AuthError otherwise."""
+        if not presented:
+            raise AuthError(
+                401, "Missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'."
+            )
+        match = _KEY_FORMAT.fullmatch(presented)
+        if not match:
+            raise AuthError(401, "Malformed API key.")
+        key_id, secret = match.groups()
+        record = self.records().get(key_id)
+        expected = record.hash if record else _hash(_DUMMY_SALT, "")
+        actual = _hash(record.salt if record else _DUMMY_SALT, secret)
+        if not hmac.compare_digest(expected, actual) or record is None:
+            raise AuthError(401, "Invalid API key.")
+        if record.revoked:
+            raise AuthError(403, "This API key has been revoked.")
+        if scope not in record.scopes:
+            raise AuthError(403, f"This API key lacks the {scope!r} scope.")
+        return record
+
+
+def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
+    """The key from ``Authorization: Bearer …`` or ``X-API-Key`` (the latter wins)."""
+    if x_api_key:
+        return x_api_key.strip()
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" else authorization.strip()
+    return None

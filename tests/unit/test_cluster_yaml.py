@@ -1,0 +1,129 @@
+"""cluster.yaml: valid for Ray's cluster launcher, head runs no work, two labelled datacenters.
+
+Validation calls Ray's own launcher check (the JSON schema in ray/autoscaler/ray-schema.json
+plus its cross-field rules); nothing here starts Ray or contacts a cloud.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from ray._private.label_utils import validate_node_labels
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+from cluster.topology import REGION_ENV, ZONE_ENV, Datacenter
+
+pytestmark = pytest.mark.unit
+
+CLUSTER_YAML = Path(__file__).resolve().parents[2] / "cluster.yaml"
+REQUIRED_WORKER_TYPES = ("ray.worker.cpu", "ray.worker.gpu")
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+def _env_values(commands: list[str], name: str) -> set[str]:
+    """Values assigned to environment variable ``name`` (NAME=value) in shell commands."""
+    pattern = re.compile(rf"\b{re.escape(name)}=([A-Za-z0-9_-]+)")
+    return {value for command in commands for value in pattern.findall(command)}
+
+
+def _datacenter(config: dict, node_type: str) -> Datacenter:
+    """The datacenter a node type's initialization commands write for ``ray start``."""
+    node = config["available_node_types"][node_type]
+    commands = node.get("initialization_commands", config.get("initialization_commands", []))
+    regions, zones = _env_values(commands, REGION_ENV), _env_values(commands, ZONE_ENV)
+    assert len(regions) == 1 and len(zones) == 1, (
+        f"{node_type} must set exactly one {REGION_ENV} and one {ZONE_ENV}: {regions}, {zones}"
+    )
+    return Datacenter(region=regions.pop(), zone=zones.pop())
+
+
+def _worker_types(config: dict) -> list[str]:
+    return [name for name in config["available_node_types"] if name != config["head_node_type"]]
+
+
+def test_raw_config_passes_ray_launcher_validation(config: dict) -> None:
+    validate_config(config)
+
+
+def test_config_with_ray_defaults_passes_validation(config: dict) -> None:
+    # What `ray up` validates: the config merged with the provider's defaults.yaml.
+    validate_config(prepare_config(copy.deepcopy(config)))
+
+
+@pytest.mark.parametrize(
+    "path",
+    [(), ("available_node_types", "ray.worker.cpu"), ("provider", "security_group")],
+    ids=["top-level", "node-type", "provider.security_group"],
+)
+def test_validator_rejects_unknown_keys(config: dict, path: tuple[str, ...]) -> None:
+    bad = copy.deepcopy(config)
+    target = bad
+    for key in path:
+        target = target.setdefault(key, {})
+    target["not_a_ray_key"] = True
+    with pytest.raises(jsonschema.ValidationError, match="not_a_ray_key"):
+        validate_config(bad)
+
+
+def test_head_runs_no_work(config: dict) -> None:
+    head = config["available_node_types"][config["head_node_type"]]
+    assert config["head_node_type"] == "ray.head.default"
+    assert head["resources"]["CPU"] == 0
+    assert head["resources"].get("GPU", 0) == 0
+
+
+def test_required_worker_types_exist(config: dict) -> None:
+    workers = _worker_types(config)
+    for name in REQUIRED_WORKER_TYPES:
+        assert name in workers
+    assert config["available_node_types"]["ray.worker.gpu"]["resources"].get("GPU", 0) >= 1
+
+
+def test_worker_types_span_two_datacenters(config: dict) -> None:
+    datacenters = {name: _datacenter(config, name) for name in _worker_types(config)}
+    assert len({dc.region for dc in datacenters.values()}) >= 2, datacenters
+    # Every datacenter has both CPU and GPU workers.
+    for region in {dc.region for dc in datacenters.values()}:
+        types = [n for n, dc in datacenters.items() if dc.region == region]
+        kinds = {
+            "gpu" if config["available_node_types"][n]["resources"].get("GPU") else "cpu"
+            for n in types
+        }
+        assert kinds == {"cpu", "gpu"}, (region, types)
+
+
+def test_start_commands_load_labels_and_use_token_auth(config: dict) -> None:
+    env_file = "~/.aimass_node.env"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = [c for c in config[key] if "ray start" in c]
+        assert start, key
+        for command in start:
+            assert "RAY_AUTH_MODE=token" in command
+            assert f". {env_file}" in command and "set -a" in command
+    # Every node type's datacenter commands write the file the start commands source.
+    for name in config["available_node_types"]:
+        node = config["available_node_types"][name]
+        commands = node.get("initialization_commands", config["initialization_commands"])
+        assert all(env_file in c for c in commands), name
+    assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
+    assert "~/.ray/auth_token" in config["file_mounts"]
+
+
+def test_node_labels_use_no_reserved_keys(config: dict) -> None:
+    for node in config["available_node_types"].values():
+        validate_node_labels(node.get("labels", {}))
+
+
+def test_sum_of_min_workers_within_max(config: dict) -> None:
+    nodes = config["available_node_types"].values()
+    assert sum(n.get("min_workers", 0) for n in nodes) <= config["max_workers"]
+    assert sum(n.get("max_workers", 0) for n in nodes) <= config["max_workers"]
