@@ -106,8 +106,12 @@ def up(settings: Settings) -> ClusterInfo:
     if is_running(settings):
         return info
     settings.home.mkdir(parents=True, exist_ok=True)
+    # Job entrypoints run `python …` from the head's PATH: put this interpreter's bin first,
+    # as an activated virtualenv would, so jobs run with the packages aimass installed.
+    bin_dir = str(Path(sys.executable).parent)
     env = {
         **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
         **settings.as_env(),
         **settings.datacenter.node_env(),
         "RAY_AUTH_MODE": "token",
