@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from models import digits
@@ -39,12 +40,15 @@ class Signature:
 class Architecture:
     build: Callable[..., nn.Module]
     signature: Signature
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+    """Batch augmentation applied to training inputs, when the architecture has one."""
 
 
 ARCHITECTURES: dict[str, Architecture] = {
     "digits_cnn": Architecture(
         build=digits.DigitsCNN,
         signature=Signature(input_shape=(digits.NUM_FEATURES,), num_classes=digits.NUM_CLASSES),
+        augment=digits.random_shift,
     ),
 }
 
