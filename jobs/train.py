@@ -29,11 +29,20 @@ from jobs.dataset import Manifest, dataset_uri, read_manifest
 from models.registry import Registry
 
 
+def datasets(cfg: TrainConfig, manifest: Manifest) -> dict[str, ray.data.Dataset]:
+    # Job logs are for people: one progress line per epoch from the loop, no data bars.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    out = {split: ray.data.read_parquet(manifest.shard_uris(split)) for split in ("train", "val")}
+    return {k: ds.materialize() for k, ds in out.items()} if cfg.cache_data else out
+
+
 def fit(cfg: TrainConfig, manifest: Manifest, settings: Settings, run_id: str):
     trainer = TorchTrainer(
         train_func,
         train_loop_config={
             "train": cfg.to_dict(),
+            # drop_last in the loop: each rank takes this many steps per epoch.
+            "steps_per_epoch": manifest.rows("train") // cfg.num_workers // cfg.batch_size,
             "mlflow_run_id": run_id,
             "tracking_uri": settings.mlflow_uri,
         },
@@ -44,9 +53,7 @@ def fit(cfg: TrainConfig, manifest: Manifest, settings: Settings, run_id: str):
             failure_config=FailureConfig(max_failures=2),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
-        datasets={
-            split: ray.data.read_parquet(manifest.shard_uris(split)) for split in ("train", "val")
-        },
+        datasets=datasets(cfg, manifest),
     )
     return trainer.fit()
 
@@ -85,9 +92,15 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
     try:
+        t0 = time.monotonic()
         result = fit(cfg, manifest, settings, run_id)
+        t1 = time.monotonic()
+        print(
+            f"[train] training finished in {t1 - t0:.0f} s; evaluating and registering", flush=True
+        )
         with result.checkpoint.as_directory() as folder:
             published = publish(cfg, Path(folder) / WEIGHTS, manifest, registry, run_id, sha)
+        print(f"[train] published in {time.monotonic() - t1:.0f} s", flush=True)
     except BaseException:
         registry.client.set_terminated(run_id, status="FAILED")
         raise

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import ray.train
@@ -22,7 +25,7 @@ import torch.nn.functional as F
 
 from jobs.configs import TrainConfig
 from models.weights import load_weights, save_weights
-from models.zoo import build_model
+from models.zoo import architecture, build_model
 
 WEIGHTS = "model.safetensors"
 STATE = "train_state.json"
@@ -37,6 +40,25 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
         "zero_optimization": {"stage": cfg.zero_stage},
         "steps_per_print": 2**31 - 1,  # progress is printed by this loop, once per epoch
     }
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, floor: float = 0.05):
+    """LR multiplier: linear warmup to 1, then cosine decay to ``floor``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def progress(line: str) -> None:
+    # Not print(): Ray Train v2 patches print on workers to log *and* tee each line, so
+    # the job log would show it twice.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _restore(model: torch.nn.Module) -> int:
@@ -105,6 +127,9 @@ def _mlflow_logger(config: dict):
 def train_func(config: dict) -> None:
     import deepspeed  # imported on the worker: heavy, and it probes the accelerator here
 
+    # DeepSpeed calls this deprecated collective on every step; the warning would flood the
+    # job log (and, through Ray's log pipe, slow the step) without anything to act on.
+    warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated")
     cfg = TrainConfig(**config["train"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -112,9 +137,16 @@ def train_func(config: dict) -> None:
     model = build_model(cfg.architecture, **cfg.model_options)
     start_epoch = _restore(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, config=deepspeed_config(cfg, world)
+    steps_per_epoch = config["steps_per_epoch"]
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, steps_per_epoch)
     )
+    for _ in range(start_epoch * steps_per_epoch):  # a resumed run continues its schedule
+        schedule.step()
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(cfg, world)
+    )
+    augment = architecture(cfg.architecture).augment if cfg.augment else None
     log_metrics = _mlflow_logger(config) if rank == 0 else None
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -130,7 +162,8 @@ def train_func(config: dict) -> None:
             local_shuffle_seed=cfg.seed + epoch,
         )
         for batch in batches:
-            loss = F.cross_entropy(engine(batch["features"]), batch["label"])
+            x = augment(batch["features"]) if augment else batch["features"]
+            loss = F.cross_entropy(engine(x), batch["label"])
             engine.backward(loss)
             engine.step()
             loss_sum += loss.item() * len(batch["label"])
@@ -152,11 +185,10 @@ def train_func(config: dict) -> None:
             eta = (
                 (time.monotonic() - started) / (epoch - start_epoch + 1) * (cfg.epochs - epoch - 1)
             )
-            print(
+            progress(
                 f"[train] epoch {epoch + 1}/{cfg.epochs} loss={metrics['train_loss']:.4f} "
                 f"val_acc={metrics['val_accuracy']:.4f} {metrics['rows_per_s']:.0f} rows/s "
-                f"eta {eta:.0f}s",
-                flush=True,
+                f"eta {eta:.0f}s"
             )
         if last or (epoch + 1) % cfg.checkpoint_every == 0:
             _save_checkpoint(engine, cfg.zero_stage, rank, metrics, epoch)

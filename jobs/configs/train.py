@@ -24,7 +24,7 @@ class TrainConfig:
     """Ray Train workers (data-parallel ranks)."""
     use_gpu: bool = False
     """One GPU per worker (NCCL); CPU workers use gloo."""
-    epochs: int = 20
+    epochs: int = 30
     batch_size: int = 32
     """Micro-batch per worker; the global batch is batch_size x num_workers."""
     lr: float = 2e-3
@@ -32,6 +32,12 @@ class TrainConfig:
     zero_stage: int = 2
     """DeepSpeed ZeRO stage: 0 (plain data parallel), 1, 2 or 3."""
     seed: int = 0
+    augment: bool = True
+    """Apply the architecture's training augmentation, if it has one."""
+    cache_data: bool = True
+    """Read the shards once and keep the blocks in Ray's object store across epochs (the
+    cluster's memory, not the driver's). False streams from storage every epoch: for
+    datasets larger than the cluster's object store."""
     checkpoint_every: int = 5
     """Epochs between checkpoints (the last epoch always checkpoints)."""
     min_accuracy: float = 0.97
