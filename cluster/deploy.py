@@ -1,0 +1,59 @@
+"""Deploy the model API with `serve deploy` and wait until a given version answers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+from cluster.exceptions import ClusterError
+from cluster.settings import Settings
+
+SERVE_CONFIG = Path(__file__).resolve().parents[1] / "serve_apps" / "serve_config.yaml"
+
+
+def rendered_config(settings: Settings, source: Path = SERVE_CONFIG) -> dict:
+    """serve_config.yaml with the HTTP host and port taken from the settings."""
+    config = yaml.safe_load(source.read_text())
+    config.setdefault("http_options", {}).update(host=settings.host, port=settings.serve_port)
+    return config
+
+
+def deploy_models_api(settings: Settings) -> None:
+    """Run `serve deploy` on the (rendered) serve_config.yaml against this cluster."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(rendered_config(settings), f)
+    serve_cli = str(Path(sys.executable).with_name("serve"))
+    env = {**os.environ, **settings.ray_client_env()}
+    cmd = [serve_cli, "deploy", f.name, "--address", settings.dashboard_url]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    os.unlink(f.name)
+    if proc.returncode != 0:
+        raise ClusterError(f"`serve deploy` failed:\n{proc.stderr[-2000:]}", settings.dashboard_url)
+
+
+def wait_for_version(
+    settings: Settings, key: str, model: str, version: int, timeout_s: float = 240
+) -> None:
+    """Poll GET /v1/models until ``model`` answers at ``version``."""
+    deadline, last = time.monotonic() + timeout_s, "no answer yet"
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(f"{settings.serve_url}/v1/models", headers={"X-API-Key": key}, timeout=5)
+            if r.status_code == 200:
+                served = {m["name"]: m["version"] for m in r.json()["models"]}
+                if served.get(model) == version:
+                    return
+                last = f"serving {served or 'nothing yet'}"
+            else:
+                last = f"HTTP {r.status_code}"
+        except httpx.HTTPError as err:
+            last = type(err).__name__
+        time.sleep(1.0)
+    raise ClusterError(f"{model} v{version} was not served within {timeout_s:.0f} s ({last}).")

@@ -1,0 +1,77 @@
+"""The HTTP contract: request and response bodies, and the settings read from YAML.
+
+These models are the OpenAPI schema users see at /docs, and the only way a request body
+becomes data: anything they do not accept is answered with a 4xx naming the problem.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
+class PredictRequest(BaseModel):
+    """A batch of instances, each a flat list of numbers in the model's input order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instances: list[list[FiniteFloat]] = Field(
+        min_length=1,
+        description="Instances to score, e.g. 64 pixel counts (0-16) per digit image.",
+        examples=[[[0.0] * 64]],
+    )
+
+
+class PredictResponse(BaseModel):
+    model: str = Field(description="Registered model name.")
+    version: int = Field(description="The model version that answered.")
+    predictions: list[int] = Field(description="Predicted class per instance.")
+    probabilities: list[list[float]] = Field(description="Class probabilities per instance.")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: int
+    alias: str
+    input_shape: list[int]
+    num_classes: int
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="Machine-readable code, e.g. 'invalid_input'.")
+    detail: str = Field(description="What was wrong, and how to fix it.")
+    request_id: str | None = None
+
+
+class GatewayConfig(BaseModel):
+    """Gateway tunables (``user_config`` of the Gateway deployment in serve_config.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Request body cap (413 above).")
+    max_instances: int = Field(256, ge=1, description="Instances per request (422 above).")
+    upstream_timeout_s: float = Field(10.0, gt=0, description="Predictor timeout (504 after).")
+    catalog_ttl_s: float = Field(2.0, ge=0, description="How long model metadata is cached.")
+
+
+class PredictorConfig(BaseModel):
+    """Predictor tunables (``user_config`` of the Predictor deployment), changeable live."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[str] = Field(["digits"], min_length=1, description="Registered models to serve.")
+    max_batch_size: int = Field(32, ge=1, le=1024, description="Requests per ONNX Runtime call.")
+    batch_wait_timeout_s: float = Field(
+        0.002, ge=0, le=1, description="How long a batch waits to fill."
+    )
+    refresh_interval_s: float = Field(
+        5.0, gt=0, description="How often the `champion` alias is re-read."
+    )
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads (0 = ORT default).")
