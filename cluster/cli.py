@@ -9,7 +9,6 @@ aimass keys create NAME [--scope predict|admin]... | list | revoke ID
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from rich.console import Console
@@ -46,7 +45,7 @@ def cmd_status(settings: Settings, _: argparse.Namespace) -> None:
     if not local.is_running(settings):
         console.print(f"No cluster answers at {settings.dashboard_url}. Start one: aimass up")
         sys.exit(1)
-    os.environ.update(settings.ray_client_env())
+    local.connect_clients(settings)
     from ray.job_submission import JobSubmissionClient
     from ray.util.state import list_nodes
 

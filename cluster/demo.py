@@ -53,7 +53,7 @@ def step(n: int, total: int, text: str) -> None:
 
 def main() -> None:
     settings = get_settings()
-    os.environ.update(settings.ray_client_env())
+    local.connect_clients(settings)
     t0 = time.monotonic()
     step(1, 6, "starting the local Ray cluster (token auth on)")
     info = local.up(settings)

@@ -58,6 +58,20 @@ def auth_headers(settings: Settings) -> dict[str, str]:
     return {"Authorization": f"Bearer {settings.token_path.read_text().strip()}"}
 
 
+def connect_clients(settings: Settings) -> None:
+    """Point this process's Ray clients (Jobs, State and Serve SDKs, CLIs it spawns) at the
+    cluster, with its token.
+
+    Ray reads the auth mode and token once per process and caches them; if Ray was imported
+    before this call, the cache is refreshed the way Ray's own ``_enable_token_auth`` does.
+    """
+    os.environ.update(settings.ray_client_env())
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 def is_running(settings: Settings) -> bool:
     """True when this cluster's dashboard answers an authenticated request."""
     if not settings.token_path.exists():

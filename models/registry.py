@@ -40,9 +40,9 @@ class ModelRef:
 
     @classmethod
     def parse(cls, text: str) -> ModelRef:
-        name, _, selector = text.partition("@")
+        name, at, selector = text.partition("@")
         check_name(name, "model name")
-        if not selector:
+        if not at:
             return cls(name, alias=CHAMPION)
         if selector.isdigit():
             return cls(name, version=int(selector))

@@ -1,0 +1,68 @@
+import json
+
+import numpy as np
+import pytest
+
+from jobs.dataset import dataset_uri, read_manifest
+from jobs.ingest import IngestConfig, ingest
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    return ingest(IngestConfig(), str(tmp_path))
+
+
+def test_ingest_writes_every_split_with_row_counts_and_hashes(manifest):
+    total = sum(manifest.rows(s) for s in ("train", "val", "test"))
+    assert total == 1797
+    assert manifest.rows("test") == pytest.approx(0.2 * 1797, abs=1)
+    for split in ("train", "val", "test"):
+        x, y = manifest.load_split(split)
+        assert x.shape == (manifest.rows(split), 64) and x.dtype == np.float32
+        assert y.shape == (manifest.rows(split),) and set(np.unique(y)) == set(range(10))
+
+
+def test_split_is_stratified_and_disjoint(manifest):
+    splits = {s: manifest.load_split(s) for s in ("train", "val", "test")}
+    shares = {s: np.bincount(y, minlength=10) / len(y) for s, (_, y) in splits.items()}
+    assert np.abs(shares["train"] - shares["test"]).max() < 0.01
+    rows = {s: {x.tobytes() for x in xs} for s, (xs, _) in splits.items()}
+    # digits has a few duplicate images; a real leak would share far more than that
+    assert len(rows["train"] & rows["test"]) <= 2
+
+
+def test_ingest_is_deterministic(tmp_path, manifest):
+    again = ingest(IngestConfig(), str(tmp_path))
+    assert again.sha256 == manifest.sha256
+    other = ingest(IngestConfig(seed=1), str(tmp_path / "other"))
+    assert other.sha256 != manifest.sha256
+
+
+def test_a_changed_shard_fails_its_hash_check(manifest):
+    shard = manifest.shard_uris("test")[0]
+    with open(shard, "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(ValueError, match="SHA-256"):
+        manifest.load_split("test")
+
+
+def test_missing_dataset_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="jobs.ingest"):
+        read_manifest(dataset_uri(str(tmp_path), "digits"))
+
+
+def test_manifest_records_schema_and_shards(manifest):
+    with open(f"{manifest.root}/manifest.json") as f:
+        data = json.load(f)
+    assert "features" in data["schema"] and data["feature_shape"] == [64]
+    assert all(len(s["sha256"]) == 64 for s in data["splits"]["train"]["shards"])
+
+
+def test_ingest_cli_rejects_bad_flags_with_a_clear_message(capsys):
+    from jobs.ingest import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--shards", "0"])
+    assert exit_info.value.code == 2
+    assert "--shards '0'" in capsys.readouterr().err
