@@ -8,6 +8,7 @@ It leaves the cluster and the service running; ``make down`` stops them.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -47,12 +48,19 @@ def demo_key(settings: Settings) -> str:
     return key
 
 
+def echo(line: str) -> None:
+    """A job's progress line, verbatim ("[train] ..." is not rich markup)."""
+    console.print(line, markup=False, highlight=False)
+
+
 def step(n: int, total: int, text: str) -> None:
     console.rule(f"[bold cyan][{n}/{total}] {text}", align="left")
 
 
 def main() -> None:
     settings = get_settings()
+    # Ray's SDKs log every upload at INFO; the demo shows its own steps instead.
+    logging.getLogger("ray").setLevel(logging.ERROR)
     local.connect_clients(settings)
     t0 = time.monotonic()
     step(1, 6, "starting the local Ray cluster (token auth on)")
@@ -60,9 +68,9 @@ def main() -> None:
     console.print(f"{'started' if info.started else 'already running'}: {info.dashboard_url}")
     key = demo_key(settings)
     step(2, 6, "ingest: digits -> Parquet shards + manifest")
-    run_job(settings, "python -m jobs.ingest --dataset digits", REPO, console.print)
+    run_job(settings, "python -m jobs.ingest --dataset digits", REPO, echo)
     step(3, 6, "train: Ray Train + DeepSpeed ZeRO-2 on 2 workers, then register in MLflow")
-    run_job(settings, "python -m jobs.train --config digits_cnn", REPO, console.print)
+    run_job(settings, "python -m jobs.train --config digits_cnn", REPO, echo)
     registry = Registry(settings.mlflow_uri, storage.join(settings.storage_root, "mlflow"))
     champion = registry.resolve("digits@champion")
     step(4, 6, f"deploy: serve deploy serve_apps/serve_config.yaml (digits v{champion.version})")

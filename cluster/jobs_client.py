@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,13 @@ from cluster.settings import Settings
 # The jobs' own progress lines, e.g. "[train] epoch 3/30 ...", without Ray's prefixes.
 _PROGRESS = re.compile(r"\[(ingest|train|tune|compress|evaluate)\] .*")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def git_sha(folder: Path) -> str:
+    out = subprocess.run(
+        ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True
+    )
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
 def run_job(
@@ -30,7 +38,11 @@ def run_job(
     its logs when it failed or ran past ``timeout_s``.
     """
     client = JobSubmissionClient(settings.dashboard_url)
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(working_dir)})
+    runtime_env = {
+        "working_dir": str(working_dir),
+        "env_vars": {"AIMASS_GIT_SHA": git_sha(working_dir)},
+    }
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
     echo(f"submitted {job_id}: {entrypoint}")
     seen, deadline = 0, time.monotonic() + timeout_s
     while True:

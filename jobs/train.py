@@ -5,6 +5,8 @@ Submit it to the cluster (run from the repository root):
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m jobs.train --config digits_cnn
 
 ``--set key=value`` overrides a field of the preset (``--set epochs=5 --set zero_stage=1``).
+To record the commit in the model's lineage, add
+``--runtime-env-json '{"env_vars": {"AIMASS_GIT_SHA": "'$(git rev-parse HEAD)'"}}'``.
 ``--name`` names the run; submitting again with the same name resumes it from its last
 checkpoint instead of starting over.
 """
@@ -12,6 +14,7 @@ checkpoint instead of starting over.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -59,6 +62,10 @@ def fit(cfg: TrainConfig, manifest: Manifest, settings: Settings, run_id: str):
 
 
 def git_sha() -> str:
+    """The code's commit: AIMASS_GIT_SHA when the submitter set it (Ray leaves .git out of
+    the uploaded working dir), else the working dir's own git, else "unknown"."""
+    if sha := os.environ.get("AIMASS_GIT_SHA"):
+        return sha
     out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
