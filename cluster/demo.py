@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -27,7 +28,8 @@ from models.registry import Registry
 from serve_apps.keys import KeyStore, keys_uri
 
 REPO = Path(__file__).resolve().parents[1]
-console = Console()
+# Wide enough for the report when output is piped (rich assumes 80 columns there).
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 def demo_key(settings: Settings) -> str:
@@ -81,11 +83,16 @@ def main() -> None:
     x_test, y_test = manifest.load_split("test")
     result = query_split(settings.serve_url, key, "digits", x_test, y_test)
     step(6, 6, "report")
-    report(settings, key, result, champion.version, time.monotonic() - t0)
+    report(settings, result, champion.version, time.monotonic() - t0)
+    sample = ", ".join(str(int(v)) for v in x_test[0])
+    console.print(f"Try it (a test image of a {y_test[0]}):")
+    print(
+        f"curl -s -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
+        f"-d '{{\"instances\": [[{sample}]]}}' {settings.serve_url}/v1/models/digits/predict"
+    )
 
 
-def report(settings: Settings, key: str, result, version: int, elapsed: float) -> None:
-    sample = "[" + ", ".join(["0"] * 64) + "]"
+def report(settings: Settings, result, version: int, elapsed: float) -> None:
     db = re.sub(r"^sqlite:///", "", settings.mlflow_uri)
     lines = [
         f"served held-out accuracy  [bold]{result.accuracy:.4f}[/]  "
@@ -100,11 +107,6 @@ def report(settings: Settings, key: str, result, version: int, elapsed: float) -
         f"took                      {elapsed:.0f} s; `make down` stops the cluster",
     ]
     console.print(Panel("\n".join(lines), title="aimass demo", expand=False))
-    console.print("Try it:")
-    print(
-        f"curl -s -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
-        f"-d '{{\"instances\": [{sample}]}}' {settings.serve_url}/v1/models/digits/predict"
-    )
 
 
 if __name__ == "__main__":

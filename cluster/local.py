@@ -27,6 +27,10 @@ from cluster.exceptions import ClusterError
 from cluster.settings import Settings
 
 _READY_TIMEOUT_S = 90.0
+# Set only in the environment of `ray start`, so every process of the cluster inherits it
+# (workers and agents rename themselves, e.g. "ray::DashboardAgent", and drop any other
+# trace of the cluster from their command line), and no process outside it has it.
+CLUSTER_MARK_ENV = "AIMASS_CLUSTER_MARK"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +134,13 @@ def up(settings: Settings) -> ClusterInfo:
         **settings.datacenter.node_env(),
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(settings.token_path),
+        CLUSTER_MARK_ENV: str(settings.ray_temp_dir),
     }
+    if settings.host in ("127.0.0.1", "localhost"):
+        # `ray start` swaps a loopback --node-ip-address for the machine's reachable IP,
+        # and Ray's servers bind to the node IP. This switch (Ray's own, for local-only
+        # clusters) keeps the node IP, and so GCS, raylet and workers, on loopback.
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     proc = subprocess.run(head_command(settings), env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise ClusterError(
@@ -153,15 +163,25 @@ def up(settings: Settings) -> ClusterInfo:
 
 
 def cluster_processes(settings: Settings) -> list[psutil.Process]:
-    """Processes that belong to this cluster: their command line names its temp dir or GCS."""
+    """Processes of this cluster: they carry its mark, or their command line names its
+    temp dir or GCS address (a cluster started before the mark existed)."""
     temp_dir = str(settings.ray_temp_dir)
     gcs = re.compile(rf"{re.escape(settings.gcs_address)}(?!\d)")
     mine = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
+        if proc.pid == os.getpid():
+            continue
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if proc.pid != os.getpid() and (temp_dir in cmdline or gcs.search(cmdline)):
+        if temp_dir in cmdline or gcs.search(cmdline) or _marked(proc, temp_dir):
             mine.append(proc)
     return mine
+
+
+def _marked(proc: psutil.Process, mark: str) -> bool:
+    try:
+        return proc.environ().get(CLUSTER_MARK_ENV) == mark
+    except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
 
 
 def down(settings: Settings, timeout_s: float = 20.0) -> int:

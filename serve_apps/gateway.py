@@ -25,7 +25,6 @@ from cluster.settings import get_settings
 from models.exceptions import InvalidModelRef, ModelNotFound
 from models.registry import CHAMPION, check_name
 from serve_apps._private.http import (
-    REQUEST_ID_HEADER,
     ApiError,
     error_response,
     read_json_body,
@@ -55,15 +54,15 @@ ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 413, 415, 42
 
 @api.middleware("http")
 async def _request_ids(request: Request, call_next):
+    # Serve's proxy gives every request an X-Request-ID (the client's, or a new one) and
+    # echoes it on the response; errors quote the same id in their body.
     rid = request_id(request)
     request.state.request_id = rid
     try:
-        response = await call_next(request)
+        return await call_next(request)
     except Exception:  # last line of defence: no traceback ever reaches the client
         logger.exception("unhandled error in request %s", rid)
-        response = error_response(ApiError(500, "internal", "Internal error."), rid)
-    response.headers[REQUEST_ID_HEADER] = rid
-    return response
+        return error_response(ApiError(500, "internal", "Internal error."), rid)
 
 
 @api.exception_handler(ApiError)

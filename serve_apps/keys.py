@@ -23,6 +23,7 @@ from cluster import storage
 KEY_PREFIX = "amk"
 SCOPES = frozenset({"predict", "admin"})
 _KEY_FORMAT = re.compile(rf"^{KEY_PREFIX}_([0-9a-f]{{12}})_([A-Za-z0-9_-]{{20,100}})$")
+_MISS_REREAD_S = 0.25
 # Hashed when the id is unknown, so a miss costs the same time as a wrong secret.
 _DUMMY_SALT = secrets.token_hex(16)
 
@@ -83,9 +84,12 @@ class KeyStore:
         storage.write_bytes(self.uri, json.dumps(body, indent=2).encode())
         self._loaded_at = float("-inf")
 
-    def records(self) -> dict[str, KeyRecord]:
+    def records(self, max_age_s: float | None = None) -> dict[str, KeyRecord]:
+        """The key records, re-read when the cached copy is older than ``max_age_s``
+        (default ``ttl_s``)."""
+        max_age_s = self.ttl_s if max_age_s is None else max_age_s
         with self._lock:
-            if time.monotonic() - self._loaded_at > self.ttl_s:
+            if time.monotonic() - self._loaded_at > max_age_s:
                 self._cache, self._loaded_at = self._read(), time.monotonic()
             return self._cache
 
@@ -137,6 +141,8 @@ class KeyStore:
             raise AuthError(401, "Malformed API key.")
         key_id, secret = match.groups()
         record = self.records().get(key_id)
+        if record is None:  # a key made since the last read: look again, at most 4x a second
+            record = self.records(max_age_s=_MISS_REREAD_S).get(key_id)
         expected = record.hash if record else _hash(_DUMMY_SALT, "")
         actual = _hash(record.salt if record else _DUMMY_SALT, secret)
         if not hmac.compare_digest(expected, actual) or record is None:

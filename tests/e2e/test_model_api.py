@@ -153,3 +153,14 @@ def test_moving_the_champion_alias_is_served_without_a_redeploy(served):
         assert r.json()["version"] == new.version
     finally:
         registry.set_alias("digits", CHAMPION, current.version)
+
+
+def test_serve_http_listens_on_loopback_only(served):
+    import psutil
+
+    listening = {
+        c.laddr.ip
+        for c in psutil.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == served.settings.serve_port
+    }
+    assert listening and listening <= {"127.0.0.1", "::1", "::ffff:127.0.0.1"}

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import httpx
-import pytest
 
 from cluster import local
 from cluster.topology import REGION_LABEL, ZONE_LABEL
@@ -22,7 +21,7 @@ def test_jobs_api_needs_the_token(local_cluster):
     url = f"{local_cluster.dashboard_url}/api/jobs/"
     assert httpx.get(url, timeout=10).status_code == 401
     wrong = {"Authorization": "Bearer " + "0" * 64}
-    assert httpx.get(url, headers=wrong, timeout=10).status_code == 401
+    assert httpx.get(url, headers=wrong, timeout=10).status_code in (401, 403)
     assert httpx.get(url, headers=local.auth_headers(local_cluster), timeout=10).status_code == 200
 
 
@@ -39,7 +38,7 @@ def test_ray_job_submit_without_the_token_fails(local_cluster, tmp_path):
         timeout=120,
     )
     assert proc.returncode != 0
-    assert "401" in proc.stdout + proc.stderr or "nauthorized" in proc.stdout + proc.stderr
+    assert "AuthenticationError" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_head_carries_the_default_datacenter_labels(local_cluster):
@@ -59,24 +58,39 @@ def test_up_is_idempotent_and_status_lists_the_node(local_cluster):
     assert "ALIVE" in proc.stdout and "availability-region" in proc.stdout
 
 
-def test_down_would_stop_only_this_clusters_processes(local_cluster):
-    mine = local.cluster_processes(local_cluster)
-    assert mine, "the running head's processes must be found"
-    marker = str(local_cluster.ray_temp_dir)
-    gcs = local_cluster.gcs_address
-    for proc in mine:
-        cmdline = " ".join(proc.cmdline())
-        assert marker in cmdline or gcs in cmdline
+def test_down_finds_every_process_of_this_cluster_and_no_other(local_cluster):
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Probe:
+        def pid(self) -> int:
+            return os.getpid()
+
+    ray.init(address=local_cluster.gcs_address, log_to_driver=False)
+    try:
+        probe = Probe.remote()
+        worker_pid = ray.get(probe.pid.remote(), timeout=120)
+        mine = {p.pid for p in local.cluster_processes(local_cluster)}
+        # the actor's worker renames itself "ray::Probe": found through the cluster's mark
+        assert worker_pid in mine
+        assert os.getpid() not in mine and os.getppid() not in mine
+        ray.kill(probe)
+    finally:
+        ray.shutdown()
 
 
-@pytest.mark.parametrize("port_field", ["gcs_port", "dashboard_port"])
-def test_services_listen_on_loopback_only(local_cluster, port_field):
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+def test_every_cluster_service_listens_on_loopback_only(local_cluster):
     import psutil
 
-    port = getattr(local_cluster, port_field)
-    listening = [
-        c.laddr.ip
-        for c in psutil.net_connections(kind="tcp")
-        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
-    ]
-    assert listening and set(listening) <= {"127.0.0.1"}
+    pids = {p.pid for p in local.cluster_processes(local_cluster)}
+    listening = {
+        (c.laddr.ip, c.laddr.port)
+        for c in psutil.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.pid in pids
+    }
+    ports = {port for _, port in listening}
+    assert {local_cluster.gcs_port, local_cluster.dashboard_port} <= ports
+    assert {ip for ip, _ in listening} <= LOOPBACK, sorted(listening)

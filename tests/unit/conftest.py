@@ -15,7 +15,11 @@ def _forbid_ray_init(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def settings_env(tmp_path, monkeypatch: pytest.MonkeyPatch):
-    """Settings whose home (storage, MLflow db, keys) is a fresh temp folder."""
+    """Default settings, but with home (storage, MLflow db, keys) in a fresh temp folder."""
+    import os
+
+    for name in [n for n in os.environ if n.startswith("AIMASS_")]:
+        monkeypatch.delenv(name)  # e.g. left by the session cluster of integration tests
     monkeypatch.setenv("AIMASS_HOME", str(tmp_path / "home"))
     from cluster.settings import get_settings
 

@@ -86,3 +86,11 @@ def test_auth_error_survives_pickling():
 )
 def test_key_is_read_from_either_header(authorization, x_api_key, expected):
     assert presented_key(authorization, x_api_key) == expected
+
+
+def test_a_key_created_elsewhere_is_accepted_at_once_despite_the_cache(tmp_path):
+    gateway_view = KeyStore(keys_uri(str(tmp_path)), ttl_s=3600)
+    gateway_view.authenticate(KeyStore(keys_uri(str(tmp_path))).create("first")[0])
+    cli_view = KeyStore(keys_uri(str(tmp_path)))
+    key, _ = cli_view.create("second")  # the gateway's cached copy predates this key
+    assert gateway_view.authenticate(key).name == "second"
