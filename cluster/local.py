@@ -70,10 +70,13 @@ def connect_clients(settings: Settings) -> None:
     before this call, the cache is refreshed the way Ray's own ``_enable_token_auth`` does.
     """
     os.environ.update(settings.ray_client_env())
+    from ray._private import ray_constants
     from ray._raylet import AuthenticationTokenLoader, Config
 
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
+    if settings.is_loopback:  # read at import time; this process may have imported Ray already
+        ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def is_running(settings: Settings) -> bool:
@@ -132,15 +135,9 @@ def up(settings: Settings) -> ClusterInfo:
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
         **settings.as_env(),
         **settings.datacenter.node_env(),
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN_PATH": str(settings.token_path),
+        **settings.ray_client_env(),
         CLUSTER_MARK_ENV: str(settings.ray_temp_dir),
     }
-    if settings.host in ("127.0.0.1", "localhost"):
-        # `ray start` swaps a loopback --node-ip-address for the machine's reachable IP,
-        # and Ray's servers bind to the node IP. This switch (Ray's own, for local-only
-        # clusters) keeps the node IP, and so GCS, raylet and workers, on loopback.
-        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     proc = subprocess.run(head_command(settings), env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise ClusterError(
@@ -178,21 +175,39 @@ def cluster_processes(settings: Settings) -> list[psutil.Process]:
 
 
 def _marked(proc: psutil.Process, mark: str) -> bool:
+    needle = f"{CLUSTER_MARK_ENV}={mark}".encode()
     try:
-        return proc.environ().get(CLUSTER_MARK_ENV) == mark
-    except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+        # Read the raw block: Ray names its workers with setproctitle, which pads the
+        # environment area with NULs, and psutil stops parsing at the first empty entry.
+        raw = Path(f"/proc/{proc.pid}/environ").read_bytes()
+        return any(entry == needle for entry in raw.split(b"\0"))
+    except FileNotFoundError:  # no /proc (macOS): psutil's view is the best there is
+        try:
+            return proc.environ().get(CLUSTER_MARK_ENV) == mark
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            return False
+    except (PermissionError, ProcessLookupError):
         return False
 
 
-def down(settings: Settings, timeout_s: float = 20.0) -> int:
-    """Stop this cluster's processes (TERM, then KILL after ``timeout_s``); return how many."""
-    procs = cluster_processes(settings)
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
-    for proc in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=5)
-    return len(procs)
+def down(settings: Settings, timeout_s: float = 20.0, sweeps: int = 5) -> int:
+    """Stop this cluster's processes; return how many were stopped.
+
+    Each sweep sends TERM, then KILL after ``timeout_s``. Sweeps repeat until none is left:
+    a raylet that outlives its agents for a moment restarts them under new pids.
+    """
+    stopped = 0
+    for _ in range(sweeps):
+        procs = cluster_processes(settings)
+        if not procs:
+            break
+        for proc in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.terminate()
+        _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=5)
+        stopped += len(procs)
+    return stopped

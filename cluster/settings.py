@@ -118,14 +118,25 @@ class Settings(BaseSettings):
             f"{ENV_PREFIX}ZONE": self.zone,
         }
 
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "localhost", "::1")
+
     def ray_client_env(self) -> dict[str, str]:
-        """Variables a Ray client (CLI, SDK) needs to reach this cluster with its token."""
-        return {
+        """Variables a Ray process (the head, a CLI, a driver) needs to reach this cluster."""
+        env = {
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": str(self.token_path),
             # The Jobs CLI/SDK read this; RAY_ADDRESS would also redirect `ray.init()`.
             "RAY_API_SERVER_ADDRESS": self.dashboard_url,
         }
+        if self.is_loopback:
+            # `ray start` and `ray.init` swap a loopback node IP for the machine's reachable
+            # one, and Ray's servers bind to the node IP. This switch (Ray's own, meant for
+            # local-only clusters) keeps the node IP, and so every server, on loopback; a
+            # driver needs it too, to find the raylet of its (loopback) node.
+            env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        return env
 
 
 def get_settings() -> Settings:

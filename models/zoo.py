@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models import digits
+from models import digits, transformer
 from models.exceptions import ModelError
 
 
@@ -47,6 +47,11 @@ class Architecture:
 ARCHITECTURES: dict[str, Architecture] = {
     "digits_cnn": Architecture(
         build=digits.DigitsCNN,
+        signature=Signature(input_shape=(digits.NUM_FEATURES,), num_classes=digits.NUM_CLASSES),
+        augment=digits.random_shift,
+    ),
+    "digits_transformer": Architecture(
+        build=transformer.DigitsTransformer,
         signature=Signature(input_shape=(digits.NUM_FEATURES,), num_classes=digits.NUM_CLASSES),
         augment=digits.random_shift,
     ),

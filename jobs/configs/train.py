@@ -89,8 +89,15 @@ def digits_cnn_smoke() -> TrainConfig:
     return replace(digits_cnn(), name="digits_cnn_smoke", epochs=3, min_accuracy=0.0)
 
 
+def digits_transformer() -> TrainConfig:
+    """The reference transformer classifier (3.2 M parameters) on digits."""
+    return replace(
+        digits_cnn(), name="digits_transformer", architecture="digits_transformer", lr=1e-3
+    )
+
+
 PRESETS: dict[str, Callable[[], TrainConfig]] = {
-    f.__name__: f for f in (digits_cnn, digits_cnn_zero1, digits_cnn_smoke)
+    f.__name__: f for f in (digits_cnn, digits_cnn_zero1, digits_cnn_smoke, digits_transformer)
 }
 
 
