@@ -21,6 +21,7 @@ from cluster import storage
 MANIFEST = "manifest.json"
 FEATURES = "features"
 LABEL = "label"
+TOKENS = "tokens"
 SPLITS = ("train", "val", "test")
 
 
@@ -46,22 +47,33 @@ class Manifest:
     def shard_uris(self, split: str) -> list[str]:
         return [storage.join(self.root, s["file"]) for s in self.data["splits"][split]["shards"]]
 
-    def load_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """All rows of a small split in memory, shards checked against their SHA-256.
-
-        Returns (features (N, *feature_shape) float32, labels (N,) int64). For evaluation
-        and the demo's queries; training streams shards through Ray Data instead.
-        """
+    def read_split(self, split: str) -> pa.Table:
+        """All rows of a split as one table, each shard checked against its SHA-256."""
         tables = []
         for shard in self.data["splits"][split]["shards"]:
             raw = storage.read_bytes(storage.join(self.root, shard["file"]))
             if hashlib.sha256(raw).hexdigest() != shard["sha256"]:
                 raise ValueError(f"Shard {shard['file']} of {self.root} fails its SHA-256 check.")
             tables.append(pq.read_table(io.BytesIO(raw)))
-        table = pa.concat_tables(tables)
+        return pa.concat_tables(tables)
+
+    def load_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """A small labelled split in memory: (features (N, *feature_shape) float32, labels (N,)).
+
+        For evaluation and the demo's queries; training streams shards through Ray Data.
+        """
+        table = self.read_split(split)
         features = np.asarray(table[FEATURES].combine_chunks().flatten(), dtype=np.float32)
         labels = table[LABEL].to_numpy().astype(np.int64)
         return features.reshape(len(labels), *self.feature_shape), labels
+
+    def load_tokens(self, split: str) -> np.ndarray:
+        """A text split's sequences, (N, block_size + 1) int64 token ids."""
+        table = self.read_split(split)
+        width = int(self.data["block_size"]) + 1
+        return np.asarray(table[TOKENS].combine_chunks().flatten(), dtype=np.int64).reshape(
+            -1, width
+        )
 
 
 def dataset_uri(storage_root: str, name: str) -> str:
@@ -90,6 +102,12 @@ def to_table(features: np.ndarray, labels: np.ndarray) -> pa.Table:
     )
 
 
+def token_table(sequences: np.ndarray) -> pa.Table:
+    """Text rows as Arrow: ``tokens`` a fixed-size list of int16 (one sequence per row)."""
+    flat = pa.array(sequences.reshape(-1).astype(np.int16))
+    return pa.table({TOKENS: pa.FixedSizeListArray.from_arrays(flat, sequences.shape[1])})
+
+
 def write_dataset(
     root: str,
     name: str,
@@ -97,26 +115,35 @@ def write_dataset(
     shards_per_split: int,
     extra: dict,
 ) -> Manifest:
+    """Write a labelled dataset (features, labels per split); see ``write_tables``."""
+    tables = {split: to_table(x, y) for split, (x, y) in splits.items()}
+    first = next(iter(splits.values()))[0]
+    return write_tables(
+        root, name, tables, shards_per_split, {"feature_shape": list(first.shape[1:]), **extra}
+    )
+
+
+def write_tables(
+    root: str, name: str, tables: dict[str, pa.Table], shards_per_split: int, extra: dict
+) -> Manifest:
     """Write each split as Parquet shards with SHA-256s, then the manifest (last)."""
     entries = {}
-    for split, (features, labels) in splits.items():
+    for split, table in tables.items():
         shards = []
-        for i, idx in enumerate(np.array_split(np.arange(len(labels)), shards_per_split)):
+        for i, idx in enumerate(np.array_split(np.arange(table.num_rows), shards_per_split)):
             buf = io.BytesIO()
-            pq.write_table(to_table(features[idx], labels[idx]), buf)
+            pq.write_table(table.take(idx), buf)
             raw = buf.getvalue()
             file = f"{split}-{i:05d}-of-{shards_per_split:05d}.parquet"
             storage.write_bytes(storage.join(root, file), raw)
             shards.append(
                 {"file": file, "rows": len(idx), "sha256": hashlib.sha256(raw).hexdigest()}
             )
-        entries[split] = {"rows": len(labels), "shards": shards}
-    first = next(iter(splits.values()))
+        entries[split] = {"rows": table.num_rows, "shards": shards}
     manifest = {
         "dataset": name,
         "format": 1,
-        "schema": str(to_table(first[0][:1], first[1][:1]).schema),
-        "feature_shape": list(first[0].shape[1:]),
+        "schema": str(next(iter(tables.values())).schema),
         "splits": entries,
         **extra,
     }

@@ -3,12 +3,20 @@
 Submit it to the cluster (run from the repository root):
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m jobs.ingest --dataset digits
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m jobs.ingest --dataset python_stdlib
 
-The split is stratified and deterministic for a given ``--seed``: running it twice writes
-the same shards and the same manifest hash.
+``digits``: scikit-learn's bundled 8x8 digits, split stratified by class.
+``python_stdlib``: the running Python's standard library sources as byte-level tokens, in
+sequences of ``--block-size`` + 1 tokens; files go to train/val/test by a hash of their
+path, so no file straddles two splits. Both are deterministic: running twice writes the
+same shards and the same manifest hash.
 """
 
 from __future__ import annotations
+
+import hashlib
+import sysconfig
+from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -17,17 +25,21 @@ from sklearn.model_selection import train_test_split
 
 from cluster.settings import get_settings
 from jobs._private.cli import parse_config
-from jobs.dataset import Manifest, dataset_uri, write_dataset
+from jobs.dataset import Manifest, dataset_uri, token_table, write_dataset, write_tables
 
 
 class IngestConfig(BaseModel):
     """What to ingest and how to split it."""
 
-    dataset: str = Field("digits", pattern="^digits$", description="Source dataset name.")
+    dataset: str = Field(
+        "digits", pattern="^(digits|python_stdlib)$", description="digits | python_stdlib"
+    )
     val_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of rows for validation.")
     test_fraction: float = Field(0.2, gt=0, lt=0.5, description="Share of rows held out for test.")
     shards: int = Field(2, ge=1, le=1024, description="Parquet shards per split.")
     seed: int = Field(0, description="Seed of the stratified split.")
+    block_size: int = Field(128, ge=8, le=8192, description="Text: tokens per sequence.")
+    max_bytes: int = Field(4_000_000, ge=10_000, description="Text: corpus size cap in bytes.")
 
 
 def stratified_splits(
@@ -44,7 +56,64 @@ def stratified_splits(
     return {name: (x[i], y[i]) for name, i in (("train", train), ("val", val), ("test", test))}
 
 
+def stdlib_files(max_bytes: int) -> list[tuple[str, bytes]]:
+    """(relative path, bytes) of the standard library's .py files, in a fixed order, up to
+    ``max_bytes`` in all. Third-party packages are left out."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    out, total = [], 0
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if "site-packages" in rel or total >= max_bytes:
+            continue
+        data = path.read_bytes()
+        out.append((rel, data))
+        total += len(data)
+    return out
+
+
+def text_splits(files: list[tuple[str, bytes]], cfg: IngestConfig) -> dict[str, np.ndarray]:
+    """Byte tokens per split, cut into non-overlapping sequences of block_size + 1."""
+    streams: dict[str, list[bytes]] = {"train": [], "val": [], "test": []}
+    for rel, data in files:
+        bucket = int(hashlib.sha256(f"{cfg.seed}:{rel}".encode()).hexdigest(), 16) % 1000 / 1000
+        split = (
+            "test"
+            if bucket < cfg.test_fraction
+            else "val"
+            if bucket < (cfg.test_fraction + cfg.val_fraction)
+            else "train"
+        )
+        streams[split].append(data + b"\n\n")
+    width = cfg.block_size + 1
+    out = {}
+    for split, parts in streams.items():
+        tokens = np.frombuffer(b"".join(parts), dtype=np.uint8)
+        rows = len(tokens) // width
+        out[split] = tokens[: rows * width].reshape(rows, width)
+    return out
+
+
+def ingest_text(cfg: IngestConfig, storage_root: str) -> Manifest:
+    files = stdlib_files(cfg.max_bytes)
+    tables = {split: token_table(seqs) for split, seqs in text_splits(files, cfg).items()}
+    return write_tables(
+        dataset_uri(storage_root, cfg.dataset),
+        cfg.dataset,
+        tables,
+        cfg.shards,
+        extra={
+            "block_size": cfg.block_size,
+            "vocab_size": 256,
+            "files": len(files),
+            "seed": cfg.seed,
+            "source": f"Python {sysconfig.get_python_version()} standard library",
+        },
+    )
+
+
 def ingest(cfg: IngestConfig, storage_root: str) -> Manifest:
+    if cfg.dataset == "python_stdlib":
+        return ingest_text(cfg, storage_root)
     digits = load_digits()  # bundled with scikit-learn: 1,797 8x8 images, pixel counts 0..16
     x, y = digits.data.astype(np.float32), digits.target.astype(np.int64)
     return write_dataset(

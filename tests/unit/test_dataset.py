@@ -66,3 +66,27 @@ def test_ingest_cli_rejects_bad_flags_with_a_clear_message(capsys):
         main(["--shards", "0"])
     assert exit_info.value.code == 2
     assert "--shards '0'" in capsys.readouterr().err
+
+
+def test_text_ingest_writes_byte_sequences_of_python_source(tmp_path):
+    from jobs.ingest import IngestConfig, ingest
+
+    cfg = IngestConfig(dataset="python_stdlib", block_size=64, max_bytes=200_000)
+    manifest = ingest(cfg, str(tmp_path))
+    seqs = manifest.load_tokens("train")
+    assert seqs.shape[1] == 65 and len(seqs) > 100 and seqs.max() < 256
+    text = bytes(seqs[:50].reshape(-1).astype(np.uint8)).decode("utf-8", errors="replace")
+    assert "def " in text or "import " in text
+    assert ingest(cfg, str(tmp_path)).sha256 == manifest.sha256  # deterministic
+
+
+def test_text_splits_put_each_file_in_exactly_one_split():
+    from jobs.ingest import IngestConfig, text_splits
+
+    files = [(f"pkg/mod{i}.py", bytes([65 + i]) * 300) for i in range(26)]  # one letter each
+    splits = text_splits(files, IngestConfig(dataset="python_stdlib", block_size=16))
+    homes = {
+        letter: [s for s, seqs in splits.items() if letter in seqs] for letter in range(65, 91)
+    }
+    assert all(len(where) == 1 for where in homes.values()), homes
+    assert all(len(seqs) for seqs in splits.values())  # every split got some files
