@@ -1,25 +1,60 @@
 """The model registry: MLflow's, with our rules on top.
 
 A model version is an immutable package (see ``models.package``) logged as the artifacts
-of an MLflow run. Aliases (``champion`` serves, ``candidate`` is next) are the source of
-truth for what serves. References are ``name``, ``name@alias`` or ``name@<version>``;
-names are checked before anything touches a path or a URL.
+of an MLflow run. Its lineage lives in version tags written when the version is created and
+never changed: the parent version it was derived from (``aimass.parent`` = ``digits@3``), the
+package's manifest hash and, from the training job, the data manifest hash and git commit.
+Aliases (``champion`` serves, ``candidate`` is next) are the source of truth for what
+serves. References are ``name``, ``name@alias`` or ``name@<version>``; names are checked
+before anything touches a path or a URL.
+
+Alias history: every move made here is kept as its own registered-model tag
+``aimass.alias_event.<ns>-<random>`` holding compact JSON (when, alias, from, to, why, who).
+One tag per event, never a shared list rewritten, so concurrent writers cannot lose each
+other's events. ``rollback`` undoes the last move of an alias (a second rollback undoes the
+first). A move and its event are two writes: a process killed between them leaves the move
+unrecorded, never an event for a move that did not happen.
+
+Backends: a SQLite file (``sqlite:///…``, one machine) or a tracking server (``http://…``,
+clusters). ``artifact_root`` is where experiments created here keep their runs' artifacts:
+a folder or a shared URI (``s3://…``) with SQLite; with a server, a shared URI, e.g.
+``mlflow-artifacts:/aimass`` to go through the server's artifact proxy (``mlflow server
+--artifacts-destination …``) so that nodes need no storage credentials. A plain folder with
+a server would be a path on whichever machine registered, which neither the server nor the
+other nodes can read: there, ``experiment()`` leaves the location to the server's default
+(``mlflow-artifacts:/`` when it serves artifacts).
+
+Concurrency: SQLite takes one writer at a time. MLflow waits up to 20 s for the lock and
+retries a version number taken by a concurrent writer 3 times; past that it raises
+(``database is locked`` as TEMPORARILY_UNAVAILABLE, or "Model Version creation error").
+Registry writes go through ``_retry``, a short bounded backoff on top.
 """
 
 from __future__ import annotations
 
+import getpass
+import json
 import os
+import random
 import re
+import secrets
+import socket
 import tempfile
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlparse
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.utils import get_results_from_paginated_fn
 
 from models import package
-from models.exceptions import InvalidModelRef, ModelNotFound
+from models.exceptions import ArtifactIntegrityError, InvalidModelRef, ModelError, ModelNotFound
 
 # Job logs and replica logs are read by people: no per-file progress bars in them.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -28,6 +63,18 @@ CHAMPION = "champion"
 CANDIDATE = "candidate"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 MANIFEST_TAG = "aimass.manifest_sha256"
+PARENT_TAG = "aimass.parent"
+DATA_TAG = "aimass.data_manifest_sha256"
+GIT_TAG = "aimass.git_sha"
+EVENT_PREFIX = "aimass.alias_event."
+# MLflow validates registry tag values up to 100 000 characters, but its SQL schema stores
+# them as VARCHAR(5000), which PostgreSQL and MySQL enforce: a capped reason keeps an event
+# (the rest of it is < 300 characters) far below that.
+_REASON_MAX = 1000
+# Seconds between attempts (each one doubled at random): ~10 s in all, after MLflow's own
+# 20 s wait for the SQLite lock has already run out on each attempt.
+_RETRY_DELAYS_S = (0.1, 0.3, 0.9, 2.7, 5.0)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +120,65 @@ class ModelVersionInfo:
     manifest_sha256: str
     tags: dict[str, str]
     aliases: tuple[str, ...]
+    parent: str | None = None
+    """The version this one was derived from, as ``name@version``; None for a fresh model."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSummary:
+    """A registered model at a glance: its newest version and where its aliases point."""
+
+    name: str
+    latest_version: int | None
+    aliases: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class AliasEvent:
+    """One move of an alias, as recorded in the registry."""
+
+    model: str
+    alias: str
+    from_version: int | None
+    """The version the alias pointed at before; None when the alias was new."""
+    to_version: int
+    reason: str
+    who: str
+    """``user@host`` of the process that moved it."""
+    when: str
+    """UTC, ISO 8601."""
+    key: str
+    """The registered-model tag it is stored under; orders events by the writer's clock."""
+
+    def to_json(self) -> str:
+        data = {
+            "when": self.when,
+            "alias": self.alias,
+            "from": self.from_version,
+            "to": self.to_version,
+            "why": self.reason,
+            "who": self.who,
+        }
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_tag(cls, model: str, key: str, value: str) -> AliasEvent:
+        data = json.loads(value)
+        return cls(
+            model=model,
+            alias=data["alias"],
+            from_version=data["from"],
+            to_version=data["to"],
+            reason=data["why"],
+            who=data["who"],
+            when=data["when"],
+            key=key,
+        )
+
+    @property
+    def order(self) -> tuple[int, str]:
+        ns, _, rand = self.key.removeprefix(EVENT_PREFIX).partition("-")
+        return int(ns), rand
 
 
 class Registry:
@@ -80,7 +186,8 @@ class Registry:
 
     Args:
         tracking_uri: MLflow tracking and registry URI (``sqlite:///…`` or ``http://…``).
-        artifact_root: Where runs' artifacts go for experiments created here.
+        artifact_root: Where runs' artifacts go for experiments created here (see the
+            module docstring for what suits a tracking server).
     """
 
     def __init__(self, tracking_uri: str, artifact_root: str) -> None:
@@ -96,33 +203,227 @@ class Registry:
         if found is not None:
             return found.experiment_id
         try:
-            return self.client.create_experiment(
-                name, artifact_location=f"{self.artifact_root}/{name}"
+            return _retry(
+                self.client.create_experiment, name, artifact_location=self._artifact_location(name)
             )
         except MlflowException:  # created concurrently by another job
             return self.client.get_experiment_by_name(name).experiment_id
 
+    def _artifact_location(self, experiment: str) -> str | None:
+        local_root = urlparse(self.artifact_root).scheme in ("", "file")
+        if local_root and urlparse(self.tracking_uri).scheme in ("http", "https"):
+            return None  # the server's default; see the module docstring
+        return f"{self.artifact_root}/{experiment}"
+
     def register(
-        self, name: str, run_id: str, folder: Path, tags: dict[str, str] | None = None
+        self,
+        name: str,
+        run_id: str,
+        folder: Path,
+        tags: dict[str, str] | None = None,
+        parent: ModelVersionInfo | None = None,
     ) -> ModelVersionInfo:
-        """Log ``folder`` (a package) to run ``run_id`` and register it as a new version."""
+        """Log ``folder`` (a package) to run ``run_id`` and register it as a new version.
+
+        Args:
+            name: The registered model; created on its first version.
+            run_id: The MLflow run the package's artifacts are logged to.
+            folder: The package; its manifest is written here first.
+            tags: Extra version tags (e.g. the data manifest hash and git commit).
+            parent: The version this one was derived from (fine-tuned, distilled, pruned).
+        """
         check_name(name, "model name")
         manifest_sha = package.write_manifest(folder)
+        # Ours last: caller tags cannot overwrite the lineage the registry vouches for.
+        lineage = {MANIFEST_TAG: manifest_sha}
+        if parent is not None:
+            lineage[PARENT_TAG] = f"{parent.name}@{parent.version}"
+        mv = _retry(self._log_and_create, name, run_id, folder, {**(tags or {}), **lineage})
+        return _info(mv)  # as created: no read-back that could fail after the version exists
+
+    def _log_and_create(self, name: str, run_id: str, folder: Path, tags: dict[str, str]):
+        # Every step before the last can be repeated, and the last either creates the
+        # version or changes nothing: so the whole sequence is safe to retry.
         self.client.log_artifacts(run_id, str(folder), artifact_path="model")
         source = f"{self.client.get_run(run_id).info.artifact_uri}/model"
+        self._ensure_model(name)
+        return self.client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+
+    def _ensure_model(self, name: str) -> None:
         try:
             self.client.create_registered_model(name)
         except MlflowException as err:
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        mv = self.client.create_model_version(
-            name, source=source, run_id=run_id, tags={**(tags or {}), MANIFEST_TAG: manifest_sha}
-        )
-        return self.get(name, int(mv.version))
 
-    def set_alias(self, name: str, alias: str, version: int) -> None:
+    def set_alias(self, name: str, alias: str, version: int, reason: str = "") -> AliasEvent | None:
+        """Point ``alias`` at ``version`` and record the move; None if it already points there.
+
+        The version the alias left is read just before the move: two processes moving the
+        same alias at the same moment may both record the same ``from``.
+        """
         check_name(alias, "alias")
-        self.client.set_registered_model_alias(name, alias, str(version))
+        self.get(name, version)  # a missing version fails here, before anything moves
+        before = self._aliases(name).get(alias)
+        if before == version:
+            return None
+        _retry(self.client.set_registered_model_alias, name, alias, str(version))
+        return self._record(name, alias, before, version, reason)
+
+    def promote(
+        self, name: str, version: int, alias: str = CHAMPION, reason: str = ""
+    ) -> AliasEvent | None:
+        """Point ``alias`` (the champion by default) at ``version``; see ``set_alias``."""
+        return self.set_alias(name, alias, version, reason)
+
+    def rollback(self, name: str, alias: str = CHAMPION, reason: str = "") -> AliasEvent:
+        """Move ``alias`` back to where it pointed before its last move, and record that."""
+        history = self.alias_history(name, alias)
+        if not history or history[-1].from_version is None:
+            what = "was never moved" if not history else "pointed nowhere before its last move"
+            raise ModelNotFound(
+                f"Cannot roll back {name}@{alias}: it {what}, so there is no earlier version "
+                f"to return to. Promote one instead: aimass models promote {name} VERSION.",
+                model=name,
+                alias=alias,
+            )
+        last = history[-1]
+        why = f"rollback of {last.from_version} -> {last.to_version}" + (
+            f": {reason}" if reason else ""
+        )
+        event = self.set_alias(name, alias, last.from_version, why)
+        if event is None:
+            raise ModelError(
+                f"{name}@{alias} already points at version {last.from_version}: it was moved "
+                "outside this registry's history, so there is no move to undo.",
+                model=name,
+                alias=alias,
+            )
+        return event
+
+    def _record(
+        self, name: str, alias: str, before: int | None, after: int, reason: str
+    ) -> AliasEvent:
+        ns = time.time_ns()
+        event = AliasEvent(
+            model=name,
+            alias=alias,
+            from_version=before,
+            to_version=after,
+            reason=" ".join(reason.split())[:_REASON_MAX],  # one line, bounded
+            who=_who(),
+            when=datetime.fromtimestamp(ns / 1e9, timezone.utc).isoformat(timespec="microseconds"),
+            # The random part keeps two writers' keys apart even within one nanosecond.
+            key=f"{EVENT_PREFIX}{ns}-{secrets.token_hex(4)}",
+        )
+        _retry(self.client.set_registered_model_tag, name, event.key, event.to_json())
+        return event
+
+    def alias_history(self, name: str, alias: str | None = None) -> list[AliasEvent]:
+        """The recorded moves of ``alias`` (of every alias if None), oldest first."""
+        events = [
+            AliasEvent.from_tag(name, key, value)
+            for key, value in self._model(name).tags.items()
+            if key.startswith(EVENT_PREFIX)
+        ]
+        return sorted(
+            (e for e in events if alias is None or e.alias == alias), key=lambda e: e.order
+        )
+
+    def list_models(self) -> list[ModelSummary]:
+        """Every registered model with its newest version and its aliases, by name."""
+        models = get_results_from_paginated_fn(
+            lambda n, token: self.client.search_registered_models(max_results=n, page_token=token),
+            max_results_per_page=100,
+        )
+        return [
+            ModelSummary(
+                name=m.name,
+                latest_version=self._latest(m.name),
+                aliases={a: int(v) for a, v in sorted(m.aliases.items())},
+            )
+            for m in sorted(models, key=lambda m: m.name)
+        ]
+
+    def _latest(self, name: str) -> int | None:
+        newest = self.client.search_model_versions(
+            f"name = '{name}'", max_results=1, order_by=["version_number DESC"]
+        )
+        return int(newest[0].version) if newest else None
+
+    def versions(self, name: str) -> list[ModelVersionInfo]:
+        """All versions of model ``name``, oldest first."""
+        aliases = self._aliases(name)  # ModelNotFound rather than an empty list for a typo
+        found = get_results_from_paginated_fn(
+            lambda n, token: self.client.search_model_versions(
+                f"name = '{name}'", max_results=n, page_token=token
+            ),
+            max_results_per_page=200,
+        )
+        # Search results leave aliases out: they come from the model's own map.
+        return sorted(
+            (
+                replace(
+                    _info(mv), aliases=tuple(a for a, v in aliases.items() if v == int(mv.version))
+                )
+                for mv in found
+            ),
+            key=lambda v: v.version,
+        )
+
+    def diff(self, a: ModelRef | str, b: ModelRef | str) -> dict[str, dict[str, tuple]]:
+        """Two versions side by side: ``{section: {key: (value_a, value_b)}}``.
+
+        Sections: ``lineage`` (version, parent, run, data and code), ``metrics`` (the
+        package's config.json, measured on what serves) and ``run_metrics`` (the MLflow
+        run's latest values, e.g. training curves). A value one side lacks is None.
+        """
+        left, right = self.resolve(a), self.resolve(b)
+        lineage = {
+            "version": (f"{left.name}@{left.version}", f"{right.name}@{right.version}"),
+            "aliases": (", ".join(left.aliases), ", ".join(right.aliases)),
+            "parent": (left.parent, right.parent),
+            "run_id": (left.run_id, right.run_id),
+            "data_manifest_sha256": (left.tags.get(DATA_TAG), right.tags.get(DATA_TAG)),
+            "git_sha": (left.tags.get(GIT_TAG), right.tags.get(GIT_TAG)),
+            "manifest_sha256": (left.manifest_sha256, right.manifest_sha256),
+        }
+        return {
+            "lineage": lineage,
+            "metrics": _side_by_side(self.package_metrics(left), self.package_metrics(right)),
+            "run_metrics": _side_by_side(self._run_metrics(left), self._run_metrics(right)),
+        }
+
+    def package_metrics(self, info: ModelVersionInfo) -> dict[str, float]:
+        """The metrics in a version's config.json, checked against its manifest.
+
+        Downloads config.json and manifest.json only, not the weights.
+        """
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            for file in (package.MANIFEST_FILE, package.CONFIG_FILE):
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{info.source}/{file}",
+                    dst_path=tmp,
+                    tracking_uri=self.tracking_uri,
+                )
+            manifest = folder / package.MANIFEST_FILE
+            listed = (
+                json.loads(manifest.read_text())["files"].get(package.CONFIG_FILE)
+                if package.sha256_file(manifest) == info.manifest_sha256
+                else None
+            )
+            if listed is None or package.sha256_file(folder / package.CONFIG_FILE) != listed:
+                raise ArtifactIntegrityError(
+                    f"config.json of {info.name}@{info.version} does not match the manifest "
+                    "the registry recorded: refusing to read it.",
+                    model=info.name,
+                    version=str(info.version),
+                )
+            return package.PackageConfig.read(folder).metrics
+
+    def _run_metrics(self, info: ModelVersionInfo) -> dict[str, float]:
+        return dict(self.client.get_run(info.run_id).data.metrics) if info.run_id else {}
 
     def get(self, name: str, version: int) -> ModelVersionInfo:
         try:
@@ -152,10 +453,56 @@ class Registry:
         """Download a version's package and verify it against the registry's manifest hash."""
         dest = dest or Path(tempfile.mkdtemp(prefix=f"aimass-{info.name}-v{info.version}-"))
         local = Path(
-            mlflow.artifacts.download_artifacts(artifact_uri=info.source, dst_path=str(dest))
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=info.source, dst_path=str(dest), tracking_uri=self.tracking_uri
+            )
         )
         package.verify(local, info.manifest_sha256)
         return local
+
+    def _model(self, name: str):
+        check_name(name, "model name")
+        try:
+            return self.client.get_registered_model(name)
+        except MlflowException:
+            raise ModelNotFound(f"No registered model {name!r}.", model=name) from None
+
+    def _aliases(self, name: str) -> dict[str, int]:
+        return {alias: int(v) for alias, v in self._model(name).aliases.items()}
+
+
+def _retry(fn: Callable[..., _T], *args, **kwargs) -> _T:
+    """Call ``fn``; while the database reports itself busy, wait a little and call it again."""
+    for delay in _RETRY_DELAYS_S:
+        try:
+            return fn(*args, **kwargs)
+        except MlflowException as err:
+            if not _busy(err):
+                raise
+        # Jitter, so that two writers that collided do not collide again in lockstep.
+        time.sleep(delay * (1 + random.random()))
+    return fn(*args, **kwargs)  # the last attempt: its error is the caller's
+
+
+def _busy(err: MlflowException) -> bool:
+    text = str(err)
+    return (
+        err.error_code == "TEMPORARILY_UNAVAILABLE"
+        or "database is locked" in text
+        or "Model Version creation error" in text  # MLflow's own retries ran out
+    )
+
+
+def _who() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name, e.g. a container's arbitrary uid
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def _side_by_side(a: dict, b: dict) -> dict[str, tuple]:
+    return {key: (a.get(key), b.get(key)) for key in sorted(a.keys() | b.keys())}
 
 
 def _info(mv) -> ModelVersionInfo:
@@ -167,4 +514,5 @@ def _info(mv) -> ModelVersionInfo:
         manifest_sha256=mv.tags.get(MANIFEST_TAG, ""),
         tags=dict(mv.tags),
         aliases=tuple(mv.aliases),
+        parent=mv.tags.get(PARENT_TAG),
     )
