@@ -16,14 +16,14 @@ from models.digits import NUM_CLASSES, NUM_FEATURES, PIXEL_MAX
 class Block(nn.Module):
     """Pre-norm attention + MLP. Attention through scaled_dot_product_attention."""
 
-    def __init__(self, d_model: int, heads: int, dropout: float) -> None:
+    def __init__(self, d_model: int, heads: int, dropout: float, mlp_hidden: int) -> None:
         super().__init__()
         self.heads = heads
         self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
         self.mlp = nn.Sequential(
-            nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model)
+            nn.Linear(d_model, mlp_hidden), nn.GELU(), nn.Linear(mlp_hidden, d_model)
         )
         self.dropout = dropout
 
@@ -39,15 +39,25 @@ class Block(nn.Module):
 
 
 class DigitsTransformer(nn.Module):
-    """Raw pixel counts (N, 64) -> logits (N, 10), through 16 patch tokens."""
+    """Raw pixel counts (N, 64) -> logits (N, 10), through 16 patch tokens.
+
+    ``mlp_hidden`` is the width of each block's MLP (default ``4 * d_model``); structured
+    pruning (``models.compression``) rebuilds the model narrower through it.
+    """
 
     def __init__(
-        self, d_model: int = 256, layers: int = 4, heads: int = 4, dropout: float = 0.1
+        self,
+        d_model: int = 256,
+        layers: int = 4,
+        heads: int = 4,
+        dropout: float = 0.1,
+        mlp_hidden: int | None = None,
     ) -> None:
         super().__init__()
+        hidden = mlp_hidden or 4 * d_model
         self.embed = nn.Linear(4, d_model)  # one 2x2 patch per token
         self.pos = nn.Parameter(torch.zeros(1, 16, d_model))
-        self.blocks = nn.ModuleList(Block(d_model, heads, dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(d_model, heads, dropout, hidden) for _ in range(layers))
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, NUM_CLASSES)
         nn.init.normal_(self.pos, std=0.02)
