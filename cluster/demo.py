@@ -11,14 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.panel import Panel
 
 from cluster import local, storage
+from cluster.console import make_console
 from cluster.deploy import deploy_models_api, wait_for_version
 from cluster.jobs_client import run_job
 from cluster.load import query_split
@@ -28,8 +27,7 @@ from models.registry import Registry
 from serve_apps.keys import KeyStore, keys_uri
 
 REPO = Path(__file__).resolve().parents[1]
-# Wide enough for the report when output is piped (rich assumes 80 columns there).
-console = Console(width=None if sys.stdout.isatty() else 120)
+console = make_console()
 
 
 def demo_key(settings: Settings) -> str:

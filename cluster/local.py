@@ -92,7 +92,8 @@ def is_running(settings: Settings) -> bool:
     return r.status_code == 200
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -112,8 +113,8 @@ def head_command(settings: Settings) -> list[str]:
         f"--num-cpus={settings.head_cpus}",
         f"--temp-dir={settings.ray_temp_dir}",
         # Ray's fixed defaults for these would collide between two local clusters.
-        f"--ray-client-server-port={_free_port(settings.host)}",
-        f"--dashboard-agent-listen-port={_free_port(settings.host)}",
+        f"--ray-client-server-port={free_port(settings.host)}",
+        f"--dashboard-agent-listen-port={free_port(settings.host)}",
         "--disable-usage-stats",
     ]
 

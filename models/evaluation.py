@@ -43,3 +43,46 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, bins: int = 15) -> float:
+    """ECE: the gap between confidence and accuracy, averaged over confidence bins.
+
+    Confidence is the top class probability; each bin's |accuracy - mean confidence| is
+    weighted by its share of the rows. 0 is perfectly calibrated.
+    """
+    confidence = proba.max(axis=1)
+    correct = proba.argmax(axis=1) == y_true
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        in_bin = which == b
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(ece)
+
+
+def confusion_png(matrix: list[list[int]], path, title: str) -> None:
+    """Draw a confusion matrix (rows: true class, columns: predicted) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: jobs run without a display
+    import matplotlib.pyplot as plt
+
+    data = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
+    ax.imshow(data, cmap="Blues")
+    for (i, j), count in np.ndenumerate(data):
+        color = "white" if count > data.max() / 2 else "black"
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color=color)
+    ax.set(
+        xlabel="predicted",
+        ylabel="true",
+        title=title,
+        xticks=range(data.shape[1]),
+        yticks=range(data.shape[0]),
+    )
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

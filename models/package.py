@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.exceptions import ArtifactIntegrityError
@@ -67,6 +67,8 @@ class PackageConfig:
     signature: Signature
     options: dict
     metrics: dict[str, float]
+    extra: dict = field(default_factory=dict)
+    """Further facts, e.g. {"compression": "int8_dynamic"}."""
 
     def write(self, folder: Path) -> None:
         data = {
@@ -74,6 +76,7 @@ class PackageConfig:
             "signature": self.signature.to_dict(),
             "options": self.options,
             "metrics": self.metrics,
+            "extra": self.extra,
         }
         (folder / CONFIG_FILE).write_text(json.dumps(data, indent=2, sort_keys=True))
 
@@ -85,4 +88,5 @@ class PackageConfig:
             signature=Signature.from_dict(data["signature"]),
             options=data.get("options", {}),
             metrics=data.get("metrics", {}),
+            extra=data.get("extra", {}),
         )

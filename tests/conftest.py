@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
+
+from cluster.local import free_port
 
 TIERS = ("unit", "integration", "e2e")
 
@@ -18,12 +19,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(getattr(pytest.mark, tier))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def cluster_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """AIMASS_* settings for a private cluster: its own home, token and ports."""
@@ -31,9 +26,9 @@ def cluster_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {
         "AIMASS_HOME": str(home),
         "AIMASS_TOKEN_PATH": str(home / "auth_token"),
-        "AIMASS_GCS_PORT": str(_free_port()),
-        "AIMASS_DASHBOARD_PORT": str(_free_port()),
-        "AIMASS_SERVE_PORT": str(_free_port()),
+        "AIMASS_GCS_PORT": str(free_port()),
+        "AIMASS_DASHBOARD_PORT": str(free_port()),
+        "AIMASS_SERVE_PORT": str(free_port()),
     }
 
 
@@ -62,3 +57,27 @@ def local_cluster(cluster_env: dict[str, str]):
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def make_package(tmp_path: Path):
+    """A factory of real model packages: ``make_package("v1", accuracy=0.9)`` writes a fresh
+    digits CNN's weights, ONNX model and config.json into a new folder and returns it."""
+    import torch
+
+    from models import package
+    from models.onnx_export import export_onnx
+    from models.weights import save_weights
+    from models.zoo import architecture, build_model
+
+    def make(name: str = "pkg", accuracy: float = 0.9) -> Path:
+        folder = tmp_path / name
+        folder.mkdir(parents=True)
+        model = build_model("digits_cnn")
+        save_weights(model, folder / package.WEIGHTS_FILE)
+        export_onnx(model, torch.rand(2, 64), folder / package.ONNX_FILE)
+        signature = architecture("digits_cnn").signature
+        package.PackageConfig("digits_cnn", signature, {}, {"accuracy": accuracy}).write(folder)
+        return folder
+
+    return make

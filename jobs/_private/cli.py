@@ -18,13 +18,17 @@ def parse_config(model: type[T], description: str, argv: list[str] | None) -> T:
     """
     parser = argparse.ArgumentParser(description=description)
     for name, field in model.model_fields.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, help=field.description)
+        parser.add_argument(f"--{_flag(name)}", dest=name, help=field.description)
     args = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
     try:
         return model(**args)
     except ValidationError as err:
         problems = "; ".join(
-            f"--{str(e['loc'][0]).replace('_', '-')} {e.get('input')!r}: {e['msg']}"
-            for e in err.errors()
+            f"--{_flag(str(e['loc'][0]))} {e.get('input')!r}: {e['msg']}" for e in err.errors()
         )
         parser.error(problems)
+
+
+def _flag(field: str) -> str:
+    """``from_`` -> ``from`` (a keyword as a field name), ``max_batch`` -> ``max-batch``."""
+    return field.rstrip("_").replace("_", "-")

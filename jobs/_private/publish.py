@@ -1,88 +1,120 @@
-"""From a finished training run to a registered model version (and maybe the champion).
+"""From a model to a registered version: package, measure, register, gate.
 
-The version's metrics are measured on the held-out test split with ONNX Runtime, i.e.
-on exactly what will serve, after checking that ONNX agrees with torch.
+A version's metrics are measured on the held-out test split with ONNX Runtime, i.e. on
+exactly what will serve. Shared by training, compression and distillation.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from jobs.configs import TrainConfig
 from jobs.dataset import Manifest
 from models import package
 from models.evaluation import classification_metrics, confusion, softmax
 from models.onnx_export import INPUT_NAME, OUTPUT_NAME, check_parity, cpu_session, export_onnx
-from models.registry import CHAMPION, ModelVersionInfo, Registry
-from models.weights import load_weights, save_weights
-from models.zoo import architecture, build_model
-
-DATA_TAG = "aimass.data_manifest_sha256"
-GIT_TAG = "aimass.git_sha"
+from models.registry import CHAMPION, DATA_TAG, ModelVersionInfo, Registry
+from models.weights import save_weights
+from models.zoo import architecture
 
 
-@dataclass(frozen=True, slots=True)
-class Published:
-    version: ModelVersionInfo
-    metrics: dict[str, float]
-    champion: bool
-    gate_message: str
+def write_package(
+    model: nn.Module,
+    arch: str,
+    options: dict,
+    manifest: Manifest,
+    folder: Path,
+    onnx_file: Path | None = None,
+    extra: dict | None = None,
+) -> dict[str, float]:
+    """Write a package into ``folder``; return its test metrics, measured with ONNX Runtime.
 
-
-def build_package(cfg: TrainConfig, weights: Path, manifest: Manifest, folder: Path) -> dict:
-    """Write the package into ``folder``; return the test metrics measured with ONNX Runtime."""
-    model = load_weights(build_model(cfg.architecture, **cfg.model_options), weights).eval()
+    Args:
+        model: The torch model (its weights go to safetensors).
+        arch: Architecture name in the zoo; ``options`` rebuild it.
+        onnx_file: A ready ONNX model to serve instead of exporting ``model`` (a quantized
+            one, say); no torch parity check applies to it then.
+        extra: Further facts for config.json (e.g. the compression method).
+    """
+    model = model.eval()
     x_test, y_test = manifest.load_split("test")
     save_weights(model, folder / package.WEIGHTS_FILE)
-    export_onnx(model, torch.from_numpy(x_test[:2]), folder / package.ONNX_FILE)
-    parity = check_parity(model, folder / package.ONNX_FILE, torch.from_numpy(x_test))
+    metrics: dict[str, float] = {}
+    if onnx_file is None:
+        export_onnx(model, torch.from_numpy(x_test[:2]), folder / package.ONNX_FILE)
+        parity = check_parity(model, folder / package.ONNX_FILE, torch.from_numpy(x_test))
+        metrics["onnx_parity_max_abs_diff"] = parity
+    else:
+        (folder / package.ONNX_FILE).write_bytes(onnx_file.read_bytes())
     logits = cpu_session(folder / package.ONNX_FILE).run([OUTPUT_NAME], {INPUT_NAME: x_test})[0]
     proba = softmax(logits)
-    metrics = classification_metrics(y_test, proba) | {"onnx_parity_max_abs_diff": parity}
+    metrics = classification_metrics(y_test, proba) | metrics
     package.PackageConfig(
-        architecture=cfg.architecture,
-        signature=architecture(cfg.architecture).signature,
-        options=cfg.model_options,
+        architecture=arch,
+        signature=architecture(arch).signature,
+        options=options,
         metrics=metrics,
+        extra=extra or {},
     ).write(folder)
     matrix = confusion(y_test, proba.argmax(1), manifest.num_classes)
     (folder.parent / "confusion_matrix.json").write_text(json.dumps(matrix))
     return metrics
 
 
+def register_package(
+    registry: Registry,
+    name: str,
+    run_id: str,
+    folder: Path,
+    metrics: dict[str, float],
+    tags: dict[str, str],
+    parent: ModelVersionInfo | None = None,
+) -> ModelVersionInfo:
+    """Log the package's metrics and confusion matrix to the run; register it."""
+    confusion_file = folder.parent / "confusion_matrix.json"
+    if confusion_file.exists():
+        registry.client.log_artifact(run_id, str(confusion_file))
+    for key, value in metrics.items():
+        registry.client.log_metric(run_id, f"test_{key}", value)
+    return registry.register(name, run_id, folder, tags=tags, parent=parent)
+
+
 def publish(
-    cfg: TrainConfig,
-    weights: Path,
+    model: nn.Module,
+    arch: str,
+    options: dict,
+    register_as: str,
     manifest: Manifest,
     registry: Registry,
     run_id: str,
-    git_sha: str,
-) -> Published:
+    tags: dict[str, str],
+    parent: ModelVersionInfo | None = None,
+    onnx_file: Path | None = None,
+    extra: dict | None = None,
+) -> tuple[ModelVersionInfo, dict[str, float]]:
+    """Package ``model``, measure it and register it as a new version (no alias moves)."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "model"
         folder.mkdir()
-        metrics = build_package(cfg, weights, manifest, folder)
-        registry.client.log_artifact(run_id, str(Path(tmp) / "confusion_matrix.json"))
-        for key, value in metrics.items():
-            registry.client.log_metric(run_id, f"test_{key}", value)
-        version = registry.register(
-            cfg.register_as,
-            run_id,
-            folder,
-            tags={DATA_TAG: manifest.sha256, GIT_TAG: git_sha, "aimass.run_name": cfg.name},
-        )
-    accuracy = metrics["accuracy"]
-    if accuracy >= cfg.min_accuracy:
-        registry.set_alias(cfg.register_as, CHAMPION, version.version)
-        message = f"gate passed: test accuracy {accuracy:.4f} >= {cfg.min_accuracy}"
-    else:
-        message = (
-            f"gate failed: test accuracy {accuracy:.4f} < {cfg.min_accuracy} "
-            f"(short by {cfg.min_accuracy - accuracy:.4f}); version kept without an alias"
-        )
-    return Published(version, metrics, accuracy >= cfg.min_accuracy, message)
+        metrics = write_package(model, arch, options, manifest, folder, onnx_file, extra)
+        tags = {DATA_TAG: manifest.sha256, **tags}
+        version = register_package(registry, register_as, run_id, folder, metrics, tags, parent)
+    return version, metrics
+
+
+def gate_champion(
+    registry: Registry, version: ModelVersionInfo, accuracy: float, min_accuracy: float
+) -> tuple[bool, str]:
+    """Make ``version`` the champion when its test accuracy reaches ``min_accuracy``."""
+    if accuracy >= min_accuracy:
+        reason = f"train gate: test accuracy {accuracy:.4f} >= {min_accuracy}"
+        registry.set_alias(version.name, CHAMPION, version.version, reason=reason)
+        return True, f"gate passed: test accuracy {accuracy:.4f} >= {min_accuracy}"
+    return False, (
+        f"gate failed: test accuracy {accuracy:.4f} < {min_accuracy} "
+        f"(short by {min_accuracy - accuracy:.4f}); version kept without an alias"
+    )

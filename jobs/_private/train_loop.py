@@ -124,6 +124,39 @@ def _mlflow_logger(config: dict):
     return log
 
 
+def distillation_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
+    """Hinton et al.: KL to the teacher's softened outputs (scaled by T^2 so its gradients
+    keep their size as T changes), mixed with cross-entropy on the true labels."""
+    soft = F.kl_div(
+        F.log_softmax(student / temperature, dim=1),
+        F.softmax(teacher / temperature, dim=1),
+        reduction="batchmean",
+    )
+    return alpha * temperature**2 * soft + (1 - alpha) * F.cross_entropy(student, labels)
+
+
+def _teacher(config: dict):
+    """The teacher's logits as a function of a batch, from its verified ONNX package."""
+    from models import package
+    from models.onnx_export import INPUT_NAME, OUTPUT_NAME, cpu_session
+    from models.registry import Registry
+
+    folder = Registry(config["tracking_uri"], config["artifact_root"]).fetch(config["teacher"])
+    session = cpu_session(folder / package.ONNX_FILE, threads=1)
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        out = session.run([OUTPUT_NAME], {INPUT_NAME: x.detach().cpu().numpy()})[0]
+        return torch.from_numpy(out).to(x.device)
+
+    return logits
+
+
 def train_func(config: dict) -> None:
     import deepspeed  # imported on the worker: heavy, and it probes the accelerator here
 
@@ -147,6 +180,7 @@ def train_func(config: dict) -> None:
         model=model, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(cfg, world)
     )
     augment = architecture(cfg.architecture).augment if cfg.augment else None
+    teacher = _teacher(config) if config.get("teacher") else None
     log_metrics = _mlflow_logger(config) if rank == 0 else None
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -163,7 +197,16 @@ def train_func(config: dict) -> None:
         )
         for batch in batches:
             x = augment(batch["features"]) if augment else batch["features"]
-            loss = F.cross_entropy(engine(x), batch["label"])
+            if teacher is None:
+                loss = F.cross_entropy(engine(x), batch["label"])
+            else:  # the teacher sees the same (augmented) batch as the student
+                loss = distillation_loss(
+                    engine(x),
+                    teacher(x),
+                    batch["label"],
+                    cfg.distill_temperature,
+                    cfg.distill_alpha,
+                )
             engine.backward(loss)
             engine.step()
             loss_sum += loss.item() * len(batch["label"])

@@ -42,6 +42,10 @@ class TrainConfig:
     """Epochs between checkpoints (the last epoch always checkpoints)."""
     min_accuracy: float = 0.97
     """Test accuracy at or above which the new version becomes ``champion``."""
+    distill_temperature: float = 2.0
+    """Softmax temperature of the soft targets when distilling from a teacher."""
+    distill_alpha: float = 0.7
+    """Weight of the soft-target loss when distilling (the rest is cross-entropy)."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -52,6 +56,8 @@ class TrainConfig:
             (self.zero_stage in (0, 1, 2, 3), "zero_stage must be 0, 1, 2 or 3"),
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
             (0.0 <= self.min_accuracy <= 1.0, "min_accuracy must be in [0, 1]"),
+            (self.distill_temperature > 0, "distill_temperature must be > 0"),
+            (0.0 <= self.distill_alpha <= 1.0, "distill_alpha must be in [0, 1]"),
         ]
         for ok, message in checks:
             if not ok:

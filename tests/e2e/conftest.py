@@ -28,24 +28,40 @@ class Served:
         return f"{self.settings.serve_url}/v1/models/digits/predict"
 
 
-def ray_job_submit(settings: Settings, repo: Path, *entrypoint: str) -> str:
+def ray_job_submit(
+    settings: Settings, repo: Path, *entrypoint: str, expect_ok: bool = True
+) -> subprocess.CompletedProcess:
+    """`ray job submit --address … --working-dir . -- <entrypoint>`, as the README says."""
     ray_cli = str(Path(sys.executable).with_name("ray"))
     cmd = [ray_cli, "job", "submit", "--address", settings.dashboard_url, "--working-dir", "."]
     proc = subprocess.run(
-        [*cmd, "--", *entrypoint], cwd=repo, env=os.environ, capture_output=True, text=True,
+        [*cmd, "--", *entrypoint],
+        cwd=repo,
+        env=os.environ,
+        capture_output=True,
+        text=True,
         timeout=900,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
+    )
+    if expect_ok:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="session")
+def submit(local_cluster: Settings, repo_root: Path):
+    """Submit a job to the session cluster: ``submit("python", "-m", "jobs.x", ...)``."""
+    return lambda *entrypoint, expect_ok=True: ray_job_submit(
+        local_cluster, repo_root, *entrypoint, expect_ok=expect_ok
+    )
 
 
 @pytest.fixture(scope="session")
 def served(local_cluster: Settings, repo_root: Path) -> Served:
-    out = ray_job_submit(local_cluster, repo_root, "python", "-m", "jobs.ingest")
+    out = ray_job_submit(local_cluster, repo_root, "python", "-m", "jobs.ingest").stdout
     assert "[ingest] test: 360 rows" in out
     out = ray_job_submit(
         local_cluster, repo_root, "python", "-m", "jobs.train", "--config", "digits_cnn"
-    )
+    ).stdout
     assert "[train] alias champion -> digits version" in out, out[-3000:]
     aimass = str(Path(sys.executable).with_name("aimass"))
     created = subprocess.run(

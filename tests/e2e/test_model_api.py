@@ -35,8 +35,12 @@ def test_served_accuracy_on_the_held_out_split(served):
 
 
 def test_answer_names_the_version_and_echoes_the_request_id(served):
-    r = post(served.predict_url, f'{{"instances": [[{ROW}], [{ROW}]]}}', served.key,
-             **{"X-Request-ID": "client-42"})  # fmt: skip
+    r = post(
+        served.predict_url,
+        f'{{"instances": [[{ROW}], [{ROW}]]}}',
+        served.key,
+        **{"X-Request-ID": "client-42"},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["version"] == served.version and len(body["predictions"]) == 2
@@ -49,9 +53,14 @@ def test_model_list_needs_a_key_and_names_the_champion(served):
     assert httpx.get(url, timeout=10).status_code == 401
     r = httpx.get(url, headers={"Authorization": f"Bearer {served.key}"}, timeout=10)
     assert r.json()["models"] == [
-        {"name": "digits", "version": served.version, "alias": CHAMPION,
-         "input_shape": [64], "num_classes": 10}
-    ]  # fmt: skip
+        {
+            "name": "digits",
+            "version": served.version,
+            "alias": CHAMPION,
+            "input_shape": [64],
+            "num_classes": 10,
+        }
+    ]
 
 
 @pytest.mark.parametrize(
@@ -92,15 +101,19 @@ BAD_BODIES = [
     ("Infinity", '{"instances": [[' + ",".join(["Infinity"] * 64) + "]]}", "application/json", 422),
     ("strings", '{"instances": [[' + ",".join(['"1"'] * 64) + "]]}", "application/json", 422),
     ("empty batch", '{"instances": []}', "application/json", 422),
-    ("oversized batch", '{"instances": [' + ",".join([f"[{ROW}]"] * 257) + "]}",
-     "application/json", 422),
+    (
+        "oversized batch",
+        '{"instances": [' + ",".join([f"[{ROW}]"] * 257) + "]}",
+        "application/json",
+        422,
+    ),
     ("extra field", f'{{"instances": [[{ROW}]], "x": 1}}', "application/json", 422),
     ("malformed JSON", '{"instances": [[1, 2', "application/json", 400),
     ("wrong content type", f'{{"instances": [[{ROW}]]}}', "text/plain", 415),
     ("no content type", f'{{"instances": [[{ROW}]]}}', None, 415),
     ("empty body", "", "application/json", 422),
     ("body over the cap", BIG, "application/json", 413),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("case", "body", "content_type", "status"), BAD_BODIES)

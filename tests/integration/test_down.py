@@ -1,26 +1,23 @@
 """`aimass down` leaves no process of its cluster behind (and touches no other)."""
 
 import os
-import socket
 
 import psutil
 
 from cluster import local
+from cluster.local import free_port
 from cluster.settings import Settings
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_down_leaves_no_process_of_the_cluster(tmp_path, local_cluster):
     # A second, short-lived cluster beside the session's one.
     other = Settings(
-        home=tmp_path, token_path=tmp_path / "token",
-        gcs_port=_free_port(), dashboard_port=_free_port(), serve_port=_free_port(),
-    )  # fmt: skip
+        home=tmp_path,
+        token_path=tmp_path / "token",
+        gcs_port=free_port(),
+        dashboard_port=free_port(),
+        serve_port=free_port(),
+    )
     assert local.up(other).started
     try:
         ours = local.cluster_processes(other)

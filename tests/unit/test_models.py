@@ -77,3 +77,20 @@ def test_metrics_of_perfect_and_known_predictions():
 def test_softmax_rows_sum_to_one():
     p = softmax(np.array([[1000.0, 0.0], [1.0, 1.0]]))
     assert np.allclose(p.sum(1), 1) and np.isfinite(p).all()
+
+
+def test_calibration_error_is_zero_when_confidence_matches_accuracy():
+    from models.evaluation import expected_calibration_error
+
+    y = np.array([0, 1, 0, 1])
+    assert expected_calibration_error(y, np.eye(2)[y]) == 0.0
+    # always 90 % sure, right half the time: |0.5 - 0.9| = 0.4
+    half_right = np.array([[0.9, 0.1]] * 4)
+    assert expected_calibration_error(y, half_right) == pytest.approx(0.4)
+
+
+def test_confusion_png_is_written(tmp_path):
+    from models.evaluation import confusion_png
+
+    confusion_png([[3, 1], [0, 4]], tmp_path / "c.png", "test")
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

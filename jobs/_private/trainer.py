@@ -1,0 +1,55 @@
+"""Ray Train around the training function: datasets, scaling, checkpoints, retries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ray
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from torch import nn
+
+from cluster import storage
+from cluster.settings import Settings
+from jobs._private.train_loop import WEIGHTS, train_func
+from jobs.configs import TrainConfig
+from jobs.dataset import Manifest
+from models.weights import load_weights
+from models.zoo import build_model
+
+
+def datasets(cfg: TrainConfig, manifest: Manifest) -> dict[str, ray.data.Dataset]:
+    # Job logs are for people: one progress line per epoch from the loop, no data bars.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    out = {split: ray.data.read_parquet(manifest.shard_uris(split)) for split in ("train", "val")}
+    return {k: ds.materialize() for k, ds in out.items()} if cfg.cache_data else out
+
+
+def fit(
+    cfg: TrainConfig, manifest: Manifest, settings: Settings, run_id: str, **extra
+) -> nn.Module:
+    """Run the training function on ``cfg.num_workers`` Ray Train workers; return the model."""
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config={
+            "train": cfg.to_dict(),
+            # drop_last in the loop: each rank takes this many steps per epoch.
+            "steps_per_epoch": manifest.rows("train") // cfg.num_workers // cfg.batch_size,
+            "mlflow_run_id": run_id,
+            "tracking_uri": settings.mlflow_uri,
+            **extra,
+        },
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
+        run_config=RunConfig(
+            name=cfg.name,
+            storage_path=storage.join(settings.storage_root, "ray_train"),
+            failure_config=FailureConfig(max_failures=2),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+        datasets=datasets(cfg, manifest),
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as folder:
+        return load_weights(
+            build_model(cfg.architecture, **cfg.model_options), Path(folder) / WEIGHTS
+        )

@@ -1,0 +1,160 @@
+"""Evaluate a registered model version and gate it: pass, and it becomes the ``candidate``.
+
+Submit it to the cluster (run from the repository root):
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m jobs.evaluate --model digits@3
+
+Metrics come from scikit-learn on the held-out split, computed from the ONNX model that
+would serve: accuracy, precision/recall/F1 (macro and weighted), one-vs-rest ROC-AUC,
+Cohen's kappa, expected calibration error, a confusion matrix (PNG in the MLflow run) and
+ONNX Runtime latency. Gates compare it with the current champion, re-measured on the same
+split. A failing gate ends the job with status 1 and says which gate, and by how much.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.compression.latency import onnx_latency
+from pydantic import BaseModel, Field
+
+from cluster import storage
+from cluster.settings import get_settings
+from jobs._private.cli import parse_config
+from jobs._private.runs import mlflow_run
+from jobs.dataset import dataset_uri, read_manifest
+from models import package
+from models.evaluation import (
+    classification_metrics,
+    confusion,
+    confusion_png,
+    expected_calibration_error,
+    softmax,
+)
+from models.exceptions import ModelNotFound
+from models.onnx_export import INPUT_NAME, OUTPUT_NAME, cpu_session
+from models.registry import CANDIDATE, CHAMPION, ModelRef, ModelVersionInfo, Registry
+
+
+class EvaluateConfig(BaseModel):
+    """Which version to evaluate, on what, and the gates it must pass."""
+
+    model: str = Field(description="Version to evaluate: name@version or name@alias.")
+    dataset: str = Field("digits", description="Dataset (under <storage>/datasets).")
+    split: str = Field("test", pattern="^(val|test)$", description="Held-out split.")
+    max_accuracy_drop: float = Field(
+        0.005, ge=0, le=1, description="Largest accuracy drop vs the champion (0.005 = 0.5 pt)."
+    )
+    min_accuracy: float = Field(0.0, ge=0, le=1, description="Absolute accuracy floor.")
+    max_p99_latency_ms: float = Field(
+        50.0, gt=0, description="p99 budget at batch 1, ONNX Runtime on one thread."
+    )
+    promote: bool = Field(True, description="Set the candidate alias when every gate passes.")
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    name: str
+    value: float
+    limit: float
+    higher_is_better: bool
+
+    @property
+    def passed(self) -> bool:
+        return self.value >= self.limit if self.higher_is_better else self.value <= self.limit
+
+    def describe(self) -> str:
+        op = ">=" if self.higher_is_better else "<="
+        verdict = "passed" if self.passed else f"FAILED by {abs(self.value - self.limit):.4g}"
+        return f"{self.name}: {self.value:.4g} {op} {self.limit:.4g} {verdict}"
+
+
+def measure(folder: Path, x, y) -> tuple[dict[str, float], list[list[int]]]:
+    """Quality and latency of the package in ``folder`` on rows ``x`` with labels ``y``."""
+    onnx = folder / package.ONNX_FILE
+    proba = softmax(cpu_session(onnx, threads=1).run([OUTPUT_NAME], {INPUT_NAME: x})[0])
+    metrics = classification_metrics(y, proba)
+    metrics["calibration_error"] = expected_calibration_error(y, proba)
+    one, many = onnx_latency(onnx, 1, threads=1), onnx_latency(onnx, 32, threads=1)
+    metrics |= {
+        "latency_p50_ms_batch1": one.p50_ms,
+        "latency_p99_ms_batch1": one.p99_ms,
+        "latency_p50_ms_batch32": many.p50_ms,
+        "rows_per_s_batch32": many.rows_per_s,
+    }
+    return metrics, confusion(y, proba.argmax(1), proba.shape[1])
+
+
+def gates(cfg: EvaluateConfig, metrics: dict[str, float], champion_accuracy: float | None):
+    out = [
+        Gate("accuracy", metrics["accuracy"], cfg.min_accuracy, True),
+        Gate(
+            "p99 latency ms (batch 1)",
+            metrics["latency_p99_ms_batch1"],
+            cfg.max_p99_latency_ms,
+            False,
+        ),
+    ]
+    if champion_accuracy is not None:
+        floor = champion_accuracy - cfg.max_accuracy_drop
+        out.append(Gate("accuracy vs champion", metrics["accuracy"], floor, True))
+    return out
+
+
+def champion_accuracy(registry: Registry, info: ModelVersionInfo, x, y) -> float | None:
+    """The current champion's accuracy on the same rows; None if there is none, or it is
+    the version under evaluation."""
+    try:
+        champion = registry.resolve(ModelRef(info.name, alias=CHAMPION))
+    except ModelNotFound:
+        return None
+    if champion.version == info.version:
+        return None
+    folder = registry.fetch(champion)
+    session = cpu_session(folder / package.ONNX_FILE, threads=1)
+    return float((session.run([OUTPUT_NAME], {INPUT_NAME: x})[0].argmax(1) == y).mean())
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(EvaluateConfig, __doc__.split("\n")[0], argv)
+    settings = get_settings()
+    registry = Registry(settings.mlflow_uri, storage.join(settings.storage_root, "mlflow"))
+    info = registry.resolve(cfg.model)
+    x, y = read_manifest(dataset_uri(settings.storage_root, cfg.dataset)).load_split(cfg.split)
+    metrics, matrix = measure(registry.fetch(info), x, y)
+    results = gates(cfg, metrics, champion_accuracy(registry, info, x, y))
+    run_name = f"evaluate-{info.name}-v{info.version}"
+    tags = {"aimass.evaluated": f"{info.name}@{info.version}"}
+    with mlflow_run(registry, info.name, run_name, cfg.model_dump(), tags) as run_id:
+        for key, value in metrics.items():
+            registry.client.log_metric(run_id, key, value)
+        with tempfile.TemporaryDirectory() as tmp:
+            png = Path(tmp) / "confusion_matrix.png"
+            confusion_png(matrix, png, f"{info.name} v{info.version} ({cfg.split})")
+            registry.client.log_artifact(run_id, str(png))
+    print(f"[evaluate] {info.name} version {info.version} on {cfg.split} ({len(y)} rows):")
+    for key in (
+        "accuracy",
+        "f1_macro",
+        "roc_auc_ovr",
+        "cohen_kappa",
+        "calibration_error",
+        "latency_p99_ms_batch1",
+        "rows_per_s_batch32",
+    ):
+        print(f"[evaluate]   {key:24s} {metrics[key]:.4f}")
+    for gate in results:
+        print(f"[evaluate] gate {gate.describe()}")
+    if not all(g.passed for g in results):
+        sys.exit(f"[evaluate] {info.name} version {info.version} failed its gates; no alias moved")
+    if cfg.promote:
+        reason = "evaluate: " + "; ".join(g.describe() for g in results)
+        registry.set_alias(info.name, CANDIDATE, info.version, reason=reason)
+        print(f"[evaluate] alias candidate -> {info.name} version {info.version}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Compress, evaluate, promote and roll back: the lifecycle jobs as a user submits them."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from models import package
+from models.registry import CANDIDATE, CHAMPION
+
+
+def comparison(stdout: str) -> dict:
+    (line,) = [x for x in stdout.splitlines() if "[compress] comparison " in x]
+    return json.loads(line.split("[compress] comparison ", 1)[1])
+
+
+def compress(submit, method: str, *flags: str) -> str:
+    args = ["--from", "digits@champion", "--method", method, *flags]
+    return submit("python", "-m", "jobs.compress", *args).stdout
+
+
+def registered_version(stdout: str) -> int:
+    return int(re.search(r"\[compress\] registered digits version (\d+)", stdout).group(1))
+
+
+@pytest.fixture(scope="module")
+def int8_version(served, submit) -> int:
+    out = compress(submit, "int8_dynamic")
+    row = comparison(out)
+    assert row["parent"] == f"digits@{served.version}"
+    assert row["size_ratio"] < 0.7  # int8 weights: the file shrinks
+    assert abs(row["accuracy_delta"]) <= 0.01
+    return registered_version(out)
+
+
+def test_compressed_version_records_its_parent_and_moves_no_alias(served, int8_version):
+    info = served.registry.get("digits", int8_version)
+    assert info.parent == f"digits@{served.version}"
+    assert CHAMPION not in info.aliases
+    config = package.PackageConfig.read(served.registry.fetch(info))
+    assert config.extra["compression"] == "int8_dynamic"
+
+
+def test_structured_pruning_really_shrinks_the_model(served, submit):
+    out = compress(submit, "prune_structured", "--keep", "0.5", "--epochs", "2")
+    row = comparison(out)
+    assert row["size_ratio"] < 0.6
+    assert row["after"]["accuracy"] >= 0.9
+
+
+def test_distilled_student_is_trained_with_ray_train_and_names_its_teacher(served, submit):
+    out = compress(submit, "distill", "--student-epochs", "6")
+    row = comparison(out)
+    assert row["size_ratio"] < 0.35  # the default student is a quarter of the teacher
+    assert row["after"]["accuracy"] >= 0.6  # it learns (chance: 0.1); quality is for benches
+    info = served.registry.get("digits", registered_version(out))
+    assert info.parent == f"digits@{served.version}"
+
+
+def test_evaluate_gates_then_sets_candidate(served, submit, int8_version):
+    out = submit("python", "-m", "jobs.evaluate", "--model", f"digits@{int8_version}").stdout
+    assert "gate accuracy vs champion" in out and "FAILED" not in out
+    assert served.registry.resolve("digits@candidate").version == int8_version
+
+
+def test_a_failing_gate_says_which_and_by_how_much_and_moves_nothing(served, submit, int8_version):
+    before = served.registry.resolve(f"digits@{CANDIDATE}").version
+    args = ["--model", f"digits@{int8_version}", "--min-accuracy", "1.0"]
+    proc = submit("python", "-m", "jobs.evaluate", *args, expect_ok=False)
+    assert proc.returncode != 0
+    assert re.search(r"gate accuracy: [\d.]+ >= 1 FAILED by [\d.]+", proc.stdout)
+    assert served.registry.resolve(f"digits@{CANDIDATE}").version == before
+
+
+def test_promote_then_rollback_with_the_cli(served, int8_version):
+    aimass = str(Path(sys.executable).with_name("aimass"))
+
+    def cli(*args: str) -> str:
+        proc = subprocess.run(
+            [aimass, "models", *args], capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    cli("promote", "digits", str(int8_version), "--reason", "e2e: int8 passed its gates")
+    assert served.registry.resolve("digits@champion").version == int8_version
+    cli("rollback", "digits", "--reason", "e2e: back to the trained model")
+    assert served.registry.resolve("digits@champion").version == served.version
+    history = cli("history", "digits", "--alias", "champion")
+    assert "e2e: int8 passed its gates" in history and "e2e: back to the trained model" in history
