@@ -31,15 +31,33 @@ WEIGHTS = "model.safetensors"
 STATE = "train_state.json"
 
 
-def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
-    return {
+def deepspeed_config(cfg: TrainConfig, world_size: int, bf16: bool) -> dict:
+    """DeepSpeed's config for ``cfg``: ZeRO stage and offload, batch sizes, clipping, dtype.
+
+    With optimizer offload DeepSpeed builds the optimizer itself (DeepSpeedCPUAdam, which
+    runs the Adam step on the CPU); otherwise the loop passes in a torch AdamW.
+    """
+    zero: dict = {"stage": cfg.zero_stage}
+    if cfg.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cfg.use_gpu}
+    if cfg.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": cfg.use_gpu}
+    config = {
         "train_micro_batch_size_per_gpu": cfg.batch_size,
-        "gradient_accumulation_steps": 1,
-        "train_batch_size": cfg.batch_size * world_size,
-        "gradient_clipping": 1.0,
-        "zero_optimization": {"stage": cfg.zero_stage},
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "train_batch_size": cfg.batch_size * cfg.grad_accum * world_size,
+        "zero_optimization": zero,
+        "bf16": {"enabled": bf16},
         "steps_per_print": 2**31 - 1,  # progress is printed by this loop, once per epoch
     }
+    if cfg.grad_clip > 0:
+        config["gradient_clipping"] = cfg.grad_clip
+    if cfg.offload_optimizer:
+        config["optimizer"] = {
+            "type": "AdamW",
+            "params": {"lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        }
+    return config
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, floor: float = 0.05):
@@ -77,13 +95,14 @@ def _all_reduce_sum(*values: float) -> list[float]:
     return tensor.tolist()
 
 
-def _evaluate(engine, shard, batch_size: int) -> tuple[float, float]:
+def _evaluate(engine, shard, batch_size: int, dtype: torch.dtype) -> tuple[float, float]:
     """(correct, seen) over this worker's validation shard."""
     engine.module.eval()
     correct = seen = 0.0
     with torch.no_grad():
         for batch in shard.iter_torch_batches(batch_size=batch_size, device=engine.device):
-            correct += (engine(batch["features"]).argmax(1) == batch["label"]).sum().item()
+            logits = engine(batch["features"].to(dtype))
+            correct += (logits.argmax(1) == batch["label"]).sum().item()
             seen += len(batch["label"])
     engine.module.train()
     return correct, seen
@@ -169,15 +188,28 @@ def train_func(config: dict) -> None:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.architecture, **cfg.model_options)
     start_epoch = _restore(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = config["steps_per_epoch"]
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, steps_per_epoch)
-    )
-    for _ in range(start_epoch * steps_per_epoch):  # a resumed run continues its schedule
-        schedule.step()
+    bf16 = cfg.use_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    ds_config = deepspeed_config(cfg, world, bf16)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    # The schedule steps once per optimizer step, i.e. every grad_accum micro-batches.
+    steps_per_epoch = max(1, config["steps_per_epoch"] // cfg.grad_accum)
+    factor = warmup_cosine(cfg.epochs * steps_per_epoch, steps_per_epoch)
+
+    def schedule(optimizer):
+        lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        for _ in range(start_epoch * steps_per_epoch):  # a resumed run continues its schedule
+            lr_schedule.step()
+        return lr_schedule
+
+    optimizer = None
+    if "optimizer" not in ds_config:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(cfg, world)
+        model=model,
+        model_parameters=model.parameters(),
+        optimizer=optimizer,
+        lr_scheduler=schedule,
+        config=ds_config,
     )
     augment = architecture(cfg.architecture).augment if cfg.augment else None
     teacher = _teacher(config) if config.get("teacher") else None
@@ -197,11 +229,12 @@ def train_func(config: dict) -> None:
         )
         for batch in batches:
             x = augment(batch["features"]) if augment else batch["features"]
+            logits = engine(x.to(dtype)).float()  # losses in fp32, whatever the compute dtype
             if teacher is None:
-                loss = F.cross_entropy(engine(x), batch["label"])
+                loss = F.cross_entropy(logits, batch["label"])
             else:  # the teacher sees the same (augmented) batch as the student
                 loss = distillation_loss(
-                    engine(x),
+                    logits,
                     teacher(x),
                     batch["label"],
                     cfg.distill_temperature,
@@ -212,7 +245,7 @@ def train_func(config: dict) -> None:
             loss_sum += loss.item() * len(batch["label"])
             rows += len(batch["label"])
         loss_sum, rows, correct, seen = _all_reduce_sum(
-            loss_sum, rows, *_evaluate(engine, val_shard, cfg.batch_size)
+            loss_sum, rows, *_evaluate(engine, val_shard, cfg.batch_size, dtype)
         )
         elapsed = time.monotonic() - t0
         metrics = {

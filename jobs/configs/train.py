@@ -31,6 +31,14 @@ class TrainConfig:
     weight_decay: float = 1e-4
     zero_stage: int = 2
     """DeepSpeed ZeRO stage: 0 (plain data parallel), 1, 2 or 3."""
+    offload_optimizer: bool = False
+    """ZeRO-Offload: optimizer state and step on the CPU (DeepSpeedCPUAdam); stage >= 1."""
+    offload_params: bool = False
+    """ZeRO-Infinity style: parameters live on the CPU between uses; stage 3 only."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step (the global batch grows by this factor)."""
+    grad_clip: float = 1.0
+    """Gradient norm clip; 0 turns clipping off."""
     seed: int = 0
     augment: bool = True
     """Apply the architecture's training augmentation, if it has one."""
@@ -54,6 +62,13 @@ class TrainConfig:
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
             (self.zero_stage in (0, 1, 2, 3), "zero_stage must be 0, 1, 2 or 3"),
+            (
+                not self.offload_optimizer or self.zero_stage >= 1,
+                "offload_optimizer needs ZeRO >= 1",
+            ),
+            (not self.offload_params or self.zero_stage == 3, "offload_params needs ZeRO-3"),
+            (self.grad_accum >= 1, "grad_accum must be >= 1"),
+            (self.grad_clip >= 0, "grad_clip must be >= 0"),
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
             (0.0 <= self.min_accuracy <= 1.0, "min_accuracy must be in [0, 1]"),
             (self.distill_temperature > 0, "distill_temperature must be > 0"),
@@ -90,6 +105,24 @@ def digits_cnn_zero1() -> TrainConfig:
     return replace(digits_cnn(), name="digits_cnn_zero1", zero_stage=1)
 
 
+def digits_cnn_zero3() -> TrainConfig:
+    """Parameters, gradients and optimizer state all partitioned across the workers."""
+    return replace(digits_cnn(), name="digits_cnn_zero3", zero_stage=3)
+
+
+def digits_cnn_offload() -> TrainConfig:
+    """ZeRO-3 with optimizer and parameters offloaded to the CPU, 2 micro-batches per step:
+    the memory-lean layout for models larger than the accelerators."""
+    return replace(
+        digits_cnn(),
+        name="digits_cnn_offload",
+        zero_stage=3,
+        offload_optimizer=True,
+        offload_params=True,
+        grad_accum=2,
+    )
+
+
 def digits_cnn_smoke() -> TrainConfig:
     """A few epochs, for tests of the job's plumbing (no accuracy gate)."""
     return replace(digits_cnn(), name="digits_cnn_smoke", epochs=3, min_accuracy=0.0)
@@ -103,7 +136,15 @@ def digits_transformer() -> TrainConfig:
 
 
 PRESETS: dict[str, Callable[[], TrainConfig]] = {
-    f.__name__: f for f in (digits_cnn, digits_cnn_zero1, digits_cnn_smoke, digits_transformer)
+    f.__name__: f
+    for f in (
+        digits_cnn,
+        digits_cnn_zero1,
+        digits_cnn_zero3,
+        digits_cnn_offload,
+        digits_cnn_smoke,
+        digits_transformer,
+    )
 }
 
 

@@ -63,3 +63,30 @@ def test_validation_message_is_short_and_locates_the_problem():
 def test_predictor_config_rejects_unknown_keys():
     with pytest.raises(ValidationError, match="max_batch"):
         PredictorConfig(max_batch=3)
+
+
+def test_deepspeed_config_follows_the_preset():
+    from jobs._private.train_loop import deepspeed_config
+
+    zero2 = deepspeed_config(preset("digits_cnn"), world_size=2, bf16=False)
+    assert zero2["zero_optimization"] == {"stage": 2} and "optimizer" not in zero2
+    assert zero2["train_batch_size"] == 32 * 2 and zero2["gradient_clipping"] == 1.0
+    lean = deepspeed_config(preset("digits_cnn_offload"), world_size=4, bf16=True)
+    zero = lean["zero_optimization"]
+    assert zero["stage"] == 3 and zero["offload_optimizer"]["device"] == "cpu"
+    assert zero["offload_param"]["device"] == "cpu"
+    assert lean["train_batch_size"] == 32 * 2 * 4  # micro batch x accumulation x workers
+    assert lean["optimizer"]["type"] == "AdamW" and lean["bf16"] == {"enabled": True}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"offload_optimizer": True, "zero_stage": 0}, "offload_optimizer"),
+        ({"offload_params": True, "zero_stage": 2}, "offload_params"),
+        ({"grad_accum": 0}, "grad_accum"),
+    ],
+)
+def test_inconsistent_deepspeed_settings_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(name="x", **overrides)
