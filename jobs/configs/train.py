@@ -131,7 +131,11 @@ def digits_cnn_smoke() -> TrainConfig:
 def digits_transformer() -> TrainConfig:
     """The reference transformer classifier (3.2 M parameters) on digits."""
     return replace(
-        digits_cnn(), name="digits_transformer", architecture="digits_transformer", lr=1e-3
+        digits_cnn(),
+        name="digits_transformer",
+        architecture="digits_transformer",
+        lr=1e-3,
+        min_accuracy=0.9,  # it reaches ~94 % on digits' 1,167 training rows
     )
 
 

@@ -141,9 +141,10 @@ def _prune_transformer(model: DigitsTransformer, keep: float) -> tuple[nn.Module
     return small, options
 
 
-_STRUCTURED: dict[str, Callable[[nn.Module, float], tuple[nn.Module, dict]]] = {
-    "digits_cnn": _prune_cnn,
-    "digits_transformer": _prune_transformer,
+# Architecture -> (its model class, the function that narrows it).
+_STRUCTURED: dict[str, tuple[type[nn.Module], Callable[..., tuple[nn.Module, dict]]]] = {
+    "digits_cnn": (DigitsCNN, _prune_cnn),
+    "digits_transformer": (DigitsTransformer, _prune_transformer),
 }
 
 
@@ -170,9 +171,16 @@ def structured_prune(architecture: str, model: nn.Module, keep: float) -> tuple[
             "use apply_magnitude_pruning for other architectures.",
             architecture=architecture,
         )
+    cls, narrow = _STRUCTURED[architecture]
+    if not isinstance(model, cls):
+        raise ModelError(
+            f"structured_prune({architecture!r}) got a {type(model).__name__}, not a "
+            f"{cls.__name__}; pass the architecture name the model was built from.",
+            architecture=architecture,
+        )
     if not 0.0 < keep <= 1.0:
         raise ModelError(f"keep must be in (0, 1], got {keep}; e.g. 0.5 keeps half the units.")
-    small, options = _STRUCTURED[architecture](model, keep)
+    small, options = narrow(model, keep)
     return small.eval(), options
 
 

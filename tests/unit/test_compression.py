@@ -123,6 +123,8 @@ def test_structured_prune_refuses_an_unsupported_architecture_or_keep():
         compression.structured_prune("resnet50", _small("digits_cnn"), keep=0.5)
     with pytest.raises(ModelError, match="keep"):
         compression.structured_prune("digits_cnn", _small("digits_cnn"), keep=0.0)
+    with pytest.raises(ModelError, match="DigitsTransformer"):
+        compression.structured_prune("digits_transformer", _small("digits_cnn"), keep=0.5)
 
 
 @pytest.fixture(scope="module")
