@@ -11,11 +11,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+from ray._common.test_utils import wait_for_condition
 
 from cluster.cli import main
 from cluster.local import free_port
@@ -27,17 +27,20 @@ PROXIED_ROOT = "mlflow-artifacts:/aimass"
 
 
 def _wait_until_up(url: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
+    def up_or_exited() -> bool:
         if proc.poll() is not None:
-            pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            return True
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
         except httpx.TransportError:
-            pass  # not listening yet
-        time.sleep(0.25)
-    pytest.fail(f"mlflow server not up in {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+            return False  # not listening yet
+
+    try:
+        wait_for_condition(up_or_exited, timeout=START_TIMEOUT_S, retry_interval_ms=250)
+    except RuntimeError:
+        pytest.fail(f"mlflow server not up in {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+    if proc.poll() is not None:
+        pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
 
 
 def _stop(proc: subprocess.Popen) -> None:
