@@ -19,6 +19,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def git_sha(folder: Path) -> str:
+    """The commit checked out in ``folder``, or "unknown" outside a git checkout."""
     out = subprocess.run(
         ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True
     )

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
+from cluster.jobs_client import git_sha as folder_git_sha
 from models.registry import Registry
 
 
 def git_sha() -> str:
     """The code's commit: AIMASS_GIT_SHA when the submitter set it (Ray leaves .git out of
     the uploaded working dir), else the working dir's own git, else "unknown"."""
-    if sha := os.environ.get("AIMASS_GIT_SHA"):
-        return sha
-    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
+    return os.environ.get("AIMASS_GIT_SHA") or folder_git_sha(Path.cwd())
 
 
 @contextlib.contextmanager
