@@ -29,14 +29,10 @@ cluster of the current ``AIMASS_*`` settings.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import gzip
-import shutil
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,9 +41,8 @@ import onnxruntime as ort
 import ray
 import torch
 
+from bench._cluster import cluster, log
 from bench._report import emit, machine_info, write_results
-from cluster import local
-from cluster.settings import Settings, get_settings
 from jobs.ingest import IngestConfig, ingest
 from models import compression
 from models.onnx_export import INPUT_NAME, OUTPUT_NAME, check_parity, cpu_session, export_onnx
@@ -83,11 +78,6 @@ class Data:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-
-
-def _log(message: str) -> None:
-    # stderr: stdout ends with the JSON rows and nothing else.
-    print(f"[bench.compression] {message}", file=sys.stderr, flush=True)
 
 
 def load_data(storage_root: Path) -> Data:
@@ -152,7 +142,7 @@ def quantization_rows(fp32: Path, data: Data, cfg: BenchConfig, folder: Path) ->
     }
     rows = []
     for method, quantize in variants.items():
-        _log(f"{method}: quantizing and measuring")
+        log(f"{method}: quantizing and measuring")
         path = quantize(folder / f"{method}.onnx")
         base = onnx_side("fp32", fp32, data, cfg, 32)
         rows.append(latency_row(method, base, onnx_side(method, path, data, cfg, 32)))
@@ -160,7 +150,7 @@ def quantization_rows(fp32: Path, data: Data, cfg: BenchConfig, folder: Path) ->
 
 
 def runtime_row(model: torch.nn.Module, fp32: Path, data: Data, cfg: BenchConfig) -> dict:
-    _log("onnxruntime vs torch eager at batch 1")
+    log("onnxruntime vs torch eager at batch 1")
     eager = compression.torch_latency(model, 1, threads=cfg.threads, iters=cfg.iters).to_dict()
     onnx = compression.onnx_latency(fp32, 1, threads=cfg.threads, iters=cfg.iters).to_dict()
     ratio = eager["p50_ms"] / onnx["p50_ms"]
@@ -202,7 +192,7 @@ def magnitude_rows(
 ) -> list[dict]:
     rows = []
     for sparsity in cfg.sparsities:
-        _log(f"magnitude pruning to sparsity {sparsity}, fine-tune, measure")
+        log(f"magnitude pruning to sparsity {sparsity}, fine-tune, measure")
         pruned = compression.apply_magnitude_pruning(copy.deepcopy(model), sparsity)
         before = torch_accuracy(pruned, data)
         pruned = compression.make_pruning_permanent(
@@ -242,7 +232,7 @@ def structured_rows(
     rows = []
     params = sum(p.numel() for p in model.parameters())
     for keep in cfg.keeps:
-        _log(f"structured pruning, keep {keep}, fine-tune, measure")
+        log(f"structured pruning, keep {keep}, fine-tune, measure")
         small, options = compression.structured_prune(ARCH, model, keep)
         before = torch_accuracy(small, data)
         small = fit(small, data, cfg, epochs=cfg.fine_tune_epochs, lr=cfg.fine_tune_lr)
@@ -275,7 +265,7 @@ def measure(cfg: BenchConfig) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="aimass-bench-compression-") as tmp:
         folder = Path(tmp)
         data = load_data(folder / "storage")
-        _log(f"training {ARCH} for {cfg.epochs} epochs on {len(data.y_train)} rows")
+        log(f"training {ARCH} for {cfg.epochs} epochs on {len(data.y_train)} rows")
         model, train_s = train_reference(data, cfg)
         fp32 = export(model, folder / "fp32.onnx", data)
         reference = {
@@ -285,7 +275,7 @@ def measure(cfg: BenchConfig) -> list[dict]:
             "train_s": round(train_s, 1),
             "test_accuracy": onnx_accuracy(fp32, data.x_test, data.y_test),
         }
-        _log(f"reference: {reference}")
+        log(f"reference: {reference}")
         rows = [
             *quantization_rows(fp32, data, cfg, folder),
             runtime_row(model, fp32, data, cfg),
@@ -295,37 +285,6 @@ def measure(cfg: BenchConfig) -> list[dict]:
     machine = machine_info()
     extra = {"threads": cfg.threads, "reference": reference, "config": asdict(cfg)}
     return [r | extra | {"machine": machine} for r in rows]
-
-
-@contextlib.contextmanager
-def cluster(existing: bool) -> Iterator[Settings]:
-    """The cluster to run on: the current settings' (must be running) or a private one."""
-    if existing:
-        settings = get_settings()
-        if not local.is_running(settings):
-            raise SystemExit(
-                f"No cluster answers at {settings.dashboard_url}; run `aimass up` or drop "
-                "--existing to let the benchmark start its own."
-            )
-        local.connect_clients(settings)
-        yield settings
-        return
-    with tempfile.TemporaryDirectory(prefix="aimass-bench-") as home:
-        settings = Settings(
-            home=Path(home),
-            token_path=Path(home) / "token",
-            gcs_port=local.free_port(),
-            dashboard_port=local.free_port(),
-            serve_port=local.free_port(),
-        )
-        local.connect_clients(settings)
-        _log(f"starting a private Ray cluster at {settings.gcs_address}")
-        local.up(settings)
-        try:
-            yield settings
-        finally:
-            local.down(settings)
-            shutil.rmtree(settings.ray_temp_dir, ignore_errors=True)  # this cluster's only
 
 
 def parse_args(argv: list[str] | None) -> tuple[BenchConfig, bool]:
@@ -360,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
     collected: list[dict] = []
     for r in rows:
         emit(r, collected)
-    _log(f"wrote {write_results(NAME, collected)}")
+    log(f"wrote {write_results(NAME, collected)}")
 
 
 if __name__ == "__main__":
