@@ -8,13 +8,24 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models import digits, transformer
+from models import digits, gpt, transformer
 from models.exceptions import ModelError
+
+
+CLASSIFY = "classify"
+LM = "lm"
+"""Tasks: a classifier (features -> class logits) or a language model (tokens -> next-token
+logits). The task decides the training loss, the validation metric and the gates."""
 
 
 @dataclass(frozen=True, slots=True)
 class Signature:
-    """What a classifier takes and returns: served requests are validated against it."""
+    """What a model takes and returns: served requests are validated against it.
+
+    A classifier takes ``input_shape`` floats and returns ``num_classes`` logits; a language
+    model takes up to ``input_shape[0]`` int64 tokens and returns logits over ``num_classes``
+    (its vocabulary) per position.
+    """
 
     input_shape: tuple[int, ...]  # per instance, batch dimension excluded
     num_classes: int
@@ -39,9 +50,25 @@ class Signature:
 @dataclass(frozen=True, slots=True)
 class Architecture:
     build: Callable[..., nn.Module]
-    signature: Signature
+    signature: Signature | Callable[..., Signature]
+    """The signature, or a function of the constructor's options returning it."""
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None
     """Batch augmentation applied to training inputs, when the architecture has one."""
+    task: str = CLASSIFY
+
+    def signature_for(self, options: dict) -> Signature:
+        return (
+            self.signature if isinstance(self.signature, Signature) else self.signature(**options)
+        )
+
+
+def _gpt(preset: str = "tiny", **overrides) -> nn.Module:
+    return gpt.GPT(gpt.gpt_config(preset, **overrides))
+
+
+def _gpt_signature(preset: str = "tiny", **overrides) -> Signature:
+    cfg = gpt.gpt_config(preset, **overrides)
+    return Signature(input_shape=(cfg.block_size,), num_classes=cfg.vocab_size, input_dtype="int64")
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -55,6 +82,8 @@ ARCHITECTURES: dict[str, Architecture] = {
         build=transformer.DigitsTransformer,
         signature=Signature(input_shape=(digits.NUM_FEATURES,), num_classes=digits.NUM_CLASSES),
     ),
+    # Options: {"preset": "tiny" | "small" | "125m" | ..., plus GPTConfig field overrides}.
+    "gpt": Architecture(build=_gpt, signature=_gpt_signature, task=LM),
 }
 
 

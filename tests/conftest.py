@@ -76,7 +76,7 @@ def make_package(tmp_path: Path):
         model = build_model("digits_cnn")
         save_weights(model, folder / package.WEIGHTS_FILE)
         export_onnx(model, torch.rand(2, 64), folder / package.ONNX_FILE)
-        signature = architecture("digits_cnn").signature
+        signature = architecture("digits_cnn").signature_for({})
         package.PackageConfig("digits_cnn", signature, {}, {"accuracy": accuracy}).write(folder)
         return folder
 

@@ -55,7 +55,7 @@ def write_package(
     metrics = classification_metrics(y_test, proba) | metrics
     package.PackageConfig(
         architecture=arch,
-        signature=architecture(arch).signature,
+        signature=architecture(arch).signature_for(options),
         options=options,
         metrics=metrics,
         extra=extra or {},

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import ray
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from torch import nn
 
@@ -19,17 +19,33 @@ from models.zoo import build_model
 
 
 def datasets(cfg: TrainConfig, manifest: Manifest) -> dict[str, ray.data.Dataset]:
-    # Job logs are for people: one progress line per epoch from the loop, no data bars.
+    # Job logs are for people: progress lines from the loop, no data bars.
     ray.data.DataContext.get_current().enable_progress_bars = False
     out = {split: ray.data.read_parquet(manifest.shard_uris(split)) for split in ("train", "val")}
     return {k: ds.materialize() for k, ds in out.items()} if cfg.cache_data else out
 
 
-def fit(
-    cfg: TrainConfig, manifest: Manifest, settings: Settings, run_id: str, **extra
-) -> nn.Module:
-    """Run the training function on ``cfg.num_workers`` Ray Train workers; return the model."""
-    trainer = TorchTrainer(
+def make_trainer(
+    cfg: TrainConfig,
+    manifest: Manifest,
+    settings: Settings,
+    run_id: str | None,
+    *,
+    storage_path: str | None = None,
+    callbacks: list | None = None,
+    **extra,
+) -> TorchTrainer:
+    """A TorchTrainer running ``train_func`` for ``cfg`` on ``cfg.num_workers`` workers.
+
+    The run lives at ``<storage_path>/<cfg.name>`` (default storage: ``<root>/ray_train``);
+    fitting a trainer whose run folder already holds checkpoints resumes from the latest.
+
+    Args:
+        run_id: The MLflow run the loop logs epoch metrics to (rank 0), or None.
+        callbacks: Ray Train callbacks, e.g. Tune's ``TuneReportCallback`` in a trial.
+        extra: Further keys of the loop's config (e.g. ``teacher``).
+    """
+    return TorchTrainer(
         train_func,
         train_loop_config={
             "train": cfg.to_dict(),
@@ -42,14 +58,25 @@ def fit(
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
         run_config=RunConfig(
             name=cfg.name,
-            storage_path=storage.join(settings.storage_root, "ray_train"),
-            failure_config=FailureConfig(max_failures=2),
+            storage_path=storage_path or storage.join(settings.storage_root, "ray_train"),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
         ),
         datasets=datasets(cfg, manifest),
     )
-    result = trainer.fit()
+
+
+def load_model(cfg: TrainConfig, result: Result) -> nn.Module:
+    """The trained model from a finished run's last checkpoint (full weights, rank 0's)."""
     with result.checkpoint.as_directory() as folder:
         return load_weights(
             build_model(cfg.architecture, **cfg.model_options), Path(folder) / WEIGHTS
         )
+
+
+def fit(
+    cfg: TrainConfig, manifest: Manifest, settings: Settings, run_id: str, **extra
+) -> nn.Module:
+    """Run the training function on ``cfg.num_workers`` Ray Train workers; return the model."""
+    return load_model(cfg, make_trainer(cfg, manifest, settings, run_id, **extra).fit())

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from models.zoo import LM, architecture
+
 
 @dataclass(kw_only=True, frozen=True, slots=True)
 class TrainConfig:
@@ -48,6 +50,8 @@ class TrainConfig:
     datasets larger than the cluster's object store."""
     checkpoint_every: int = 5
     """Epochs between checkpoints (the last epoch always checkpoints)."""
+    max_failures: int = 2
+    """Worker-group restarts Ray Train allows; each resumes from the latest checkpoint."""
     min_accuracy: float = 0.97
     """Test accuracy at or above which the new version becomes ``champion``."""
     distill_temperature: float = 2.0
@@ -70,6 +74,7 @@ class TrainConfig:
             (self.grad_accum >= 1, "grad_accum must be >= 1"),
             (self.grad_clip >= 0, "grad_clip must be >= 0"),
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
+            (self.max_failures >= -1, "max_failures must be >= 0, or -1 for unlimited"),
             (0.0 <= self.min_accuracy <= 1.0, "min_accuracy must be in [0, 1]"),
             (self.distill_temperature > 0, "distill_temperature must be > 0"),
             (0.0 <= self.distill_alpha <= 1.0, "distill_alpha must be in [0, 1]"),
@@ -80,6 +85,15 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def task(self) -> str:
+        """``classify`` or ``lm``, from the architecture."""
+        return architecture(self.architecture).task
+
+    def objective(self) -> tuple[str, str]:
+        """The validation metric the loop reports that tuning optimises, and its mode."""
+        return ("val_loss", "min") if self.task == LM else ("val_accuracy", "max")
 
     def with_overrides(self, pairs: list[str]) -> TrainConfig:
         """Apply ``key=value`` overrides, each value cast to the field's type."""
