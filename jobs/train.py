@@ -4,6 +4,11 @@ Submit it to the cluster (run from the repository root):
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m jobs.train --config digits_cnn
 
+Presets (``--config``): the digits classifiers (``digits_cnn``, ``_zero1``, ``_zero3``,
+``_offload``, ``digits_transformer``) and GPT language models on the standard library's
+sources (``gpt_tiny``, ``gpt_tiny_zero1``, ``gpt_tiny_zero3``, ``gpt_tiny_offload`` on CPU;
+``gpt_125m``, ``gpt_1b3``, ``gpt_6b7`` for GPU clusters).
+
 ``--set key=value`` overrides a field of the preset (``--set epochs=5 --set zero_stage=1``).
 To record the commit in the model's lineage, add
 ``--runtime-env-json '{"env_vars": {"AIMASS_GIT_SHA": "'$(git rev-parse HEAD)'"}}'``.
@@ -24,6 +29,7 @@ from jobs._private.trainer import fit
 from jobs.configs import PRESETS, TrainConfig, preset
 from jobs.dataset import dataset_uri, read_manifest
 from models.registry import GIT_TAG, Registry
+from models.zoo import LM, architecture
 
 
 def parse(argv: list[str] | None) -> TrainConfig:
@@ -39,10 +45,31 @@ def parse(argv: list[str] | None) -> TrainConfig:
         parser.error(str(err))
 
 
+def check_data(cfg: TrainConfig, manifest) -> None:
+    """Fail before any worker starts when the data cannot feed the model."""
+    if cfg.task == LM:
+        if "block_size" not in manifest.data:
+            raise SystemExit(
+                f"Dataset {cfg.dataset!r} holds no token sequences; {cfg.name} is a language model."
+            )
+        context = architecture(cfg.architecture).signature_for(cfg.model_options).input_shape[0]
+        if manifest.data["block_size"] > context:
+            raise SystemExit(
+                f"Dataset {cfg.dataset!r} has sequences of {manifest.data['block_size']} tokens; "
+                f"the model's context is {context}. Ingest with --block-size {context} or raise "
+                "the model's block_size."
+            )
+    elif "block_size" in manifest.data:
+        raise SystemExit(
+            f"Dataset {cfg.dataset!r} holds token sequences; {cfg.name} is a classifier."
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     cfg = parse(argv)
     settings = get_settings()
     manifest = read_manifest(dataset_uri(settings.storage_root, cfg.dataset))
+    check_data(cfg, manifest)
     registry = Registry(settings.mlflow_uri, storage.join(settings.storage_root, "mlflow"))
     tags = {GIT_TAG: git_sha(), "aimass.run_name": cfg.name}
     with mlflow_run(registry, cfg.register_as, cfg.name, cfg.to_dict(), tags) as run_id:
@@ -64,10 +91,11 @@ def main(argv: list[str] | None = None) -> None:
             run_id,
             tags,
         )
-        champion, message = gate_champion(registry, version, metrics["accuracy"], cfg.min_accuracy)
+        gate = cfg.champion_gate()
+        champion, message = gate_champion(registry, version, metrics, gate)
     print(
-        f"[train] registered {version.name} version {version.version}; test accuracy "
-        f"{metrics['accuracy']:.4f}; {message}",
+        f"[train] registered {version.name} version {version.version}; test {gate.metric} "
+        f"{metrics[gate.metric]:.4f}; {message}",
         flush=True,
     )
     if champion:

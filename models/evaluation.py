@@ -86,3 +86,22 @@ def confusion_png(matrix: list[list[int]], path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def language_model_metrics(logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    """Next-token cross-entropy (nats per token) and perplexity.
+
+    Args:
+        logits: (N, T, vocab) scores for each position.
+        targets: (N, T) the token that followed each position.
+    """
+    flat = logits.reshape(-1, logits.shape[-1]).astype(np.float64)
+    shifted = flat - flat.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(shifted).sum(axis=1))
+    picked = shifted[np.arange(len(shifted)), targets.reshape(-1)]
+    loss = float(np.mean(log_norm - picked))
+    return {
+        "loss": loss,
+        "perplexity": float(np.exp(min(loss, 50.0))),
+        "tokens": float(targets.size),
+    }

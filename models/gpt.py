@@ -169,6 +169,17 @@ class GPT(nn.Module):
         return idx
 
 
+class LogitsOnly(nn.Module):
+    """``GPT`` returning only the logits: the graph ONNX export and serving need."""
+
+    def __init__(self, model: GPT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)[0]
+
+
 def encode(text: str) -> list[int]:
     """Byte-level tokens: UTF-8 bytes, so any text maps to ids 0..255."""
     return list(text.encode("utf-8"))

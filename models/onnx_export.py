@@ -16,13 +16,17 @@ OUTPUT_NAME = "logits"
 PARITY_ATOL = 1e-4
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
-    """Write ``model`` as ONNX with a dynamic batch dimension.
+def export_onnx(
+    model: nn.Module, example: torch.Tensor, path: Path, dynamic_sequence: bool = False
+) -> Path:
+    """Write ``model`` as ONNX with a dynamic batch dimension (and sequence length, for
+    token models: ``dynamic_sequence``).
 
     The TorchScript-based exporter (``dynamo=False``) is used on purpose: it needs no
     extra dependency (onnxscript) and handles these architectures exactly.
     """
     model = model.eval()
+    axes = {0: "batch", 1: "sequence"} if dynamic_sequence else {0: "batch"}
     with torch.no_grad():
         torch.onnx.export(
             model,
@@ -31,7 +35,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
             dynamo=False,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
             opset_version=17,
         )
     return path

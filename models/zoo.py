@@ -11,7 +11,6 @@ from torch import nn
 from models import digits, gpt, transformer
 from models.exceptions import ModelError
 
-
 CLASSIFY = "classify"
 LM = "lm"
 """Tasks: a classifier (features -> class logits) or a language model (tokens -> next-token

@@ -1,17 +1,23 @@
 """The function every Ray Train worker runs: DeepSpeed ZeRO over a Ray Data shard.
 
-Each worker reads its share of the Parquet shards through Ray Data, trains with DeepSpeed
-(initialised here, inside the worker, on the process group Ray Train set up: gloo on CPU,
-NCCL on GPU), all-reduces its metrics and reports them every epoch. Rank 0 checkpoints
-the full weights as safetensors through Ray Train; a restarted worker group resumes from
-the latest checkpoint.
+Each worker streams its share of the Parquet shards through Ray Data (shuffled per epoch
+with a seed derived from the run's seed and the epoch), trains with DeepSpeed (initialised
+here, inside the worker, on the process group Ray Train set up: gloo on CPU, NCCL on GPU),
+all-reduces its metrics and reports them every epoch. Two tasks share the loop: classifiers
+(cross-entropy, or distillation from a teacher; validation accuracy) and language models
+(next-token cross-entropy; validation loss and perplexity).
+
+Checkpoints are DeepSpeed's per-rank shards with a SHA-256 manifest per rank
+(``jobs._private.checkpoints``), plus the full weights as safetensors from rank 0 for
+publishing. A restarted worker group (a worker died: ``FailureConfig``) or a resubmitted
+run of the same name verifies the latest checkpoint and continues from the step after it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -23,12 +29,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from jobs._private.checkpoints import CheckpointError, load_shards, save_shard
+from jobs._private.train_metrics import TrainMetrics
 from jobs.configs import TrainConfig
-from models.weights import load_weights, save_weights
-from models.zoo import architecture, build_model
+from models.weights import save_weights
+from models.zoo import LM, architecture, build_model
 
 WEIGHTS = "model.safetensors"
-STATE = "train_state.json"
 
 
 def deepspeed_config(cfg: TrainConfig, world_size: int, bf16: bool) -> dict:
@@ -79,68 +86,10 @@ def progress(line: str) -> None:
     sys.stdout.flush()
 
 
-def _restore(model: torch.nn.Module) -> int:
-    """Load the latest Ray Train checkpoint into ``model``; return the epoch to start at."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return 0
-    with checkpoint.as_directory() as folder:
-        load_weights(model, Path(folder) / WEIGHTS)
-        return json.loads((Path(folder) / STATE).read_text())["epoch"] + 1
-
-
 def _all_reduce_sum(*values: float) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(tensor)
     return tensor.tolist()
-
-
-def _evaluate(engine, shard, batch_size: int, dtype: torch.dtype) -> tuple[float, float]:
-    """(correct, seen) over this worker's validation shard."""
-    engine.module.eval()
-    correct = seen = 0.0
-    with torch.no_grad():
-        for batch in shard.iter_torch_batches(batch_size=batch_size, device=engine.device):
-            logits = engine(batch["features"].to(dtype))
-            correct += (logits.argmax(1) == batch["label"]).sum().item()
-            seen += len(batch["label"])
-    engine.module.train()
-    return correct, seen
-
-
-def _save_checkpoint(engine, zero_stage: int, rank: int, metrics: dict, epoch: int) -> None:
-    """Report ``metrics`` with a checkpoint of the full weights, written by rank 0."""
-    import deepspeed
-
-    # ZeRO-3 partitions parameters across ranks: gather them (a collective, so every rank
-    # enters) before rank 0 reads the full state dict.
-    gather = (
-        deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None)
-        if zero_stage == 3
-        else contextlib.nullcontext()
-    )
-    with gather, tempfile.TemporaryDirectory() as folder:
-        checkpoint = None
-        if rank == 0:
-            save_weights(engine.module, Path(folder) / WEIGHTS)
-            (Path(folder) / STATE).write_text(json.dumps({"epoch": epoch}))
-            checkpoint = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report(metrics, checkpoint=checkpoint)
-
-
-def _mlflow_logger(config: dict):
-    """A function logging epoch metrics to the job's MLflow run (rank 0 only), or None."""
-    if not config.get("mlflow_run_id"):
-        return None
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=config["tracking_uri"])
-
-    def log(metrics: dict, step: int) -> None:
-        for key, value in metrics.items():
-            client.log_metric(config["mlflow_run_id"], key, value, step=step)
-
-    return log
 
 
 def distillation_loss(
@@ -160,6 +109,11 @@ def distillation_loss(
     return alpha * temperature**2 * soft + (1 - alpha) * F.cross_entropy(student, labels)
 
 
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy over every position, in fp32."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction=reduction)
+
+
 def _teacher(config: dict):
     """The teacher's logits as a function of a batch, from its verified ONNX package."""
     from models import package
@@ -176,6 +130,118 @@ def _teacher(config: dict):
     return logits
 
 
+class Task:
+    """What differs between a classifier and a language model: the batch loss and the
+    validation metrics. ``batch_loss`` returns (loss, rows)."""
+
+    def __init__(self, cfg: TrainConfig, config: dict, dtype: torch.dtype) -> None:
+        self.cfg, self.dtype, self.lm = cfg, dtype, cfg.task == LM
+        self.augment = architecture(cfg.architecture).augment if cfg.augment else None
+        self.teacher = _teacher(config) if config.get("teacher") else None
+
+    def batch_loss(self, engine, batch: dict) -> tuple[torch.Tensor, int]:
+        if self.lm:
+            tokens = batch["tokens"].long()
+            logits, _ = engine(tokens[:, :-1])
+            return lm_loss(logits, tokens[:, 1:]), len(tokens)
+        x = self.augment(batch["features"]) if self.augment else batch["features"]
+        logits = engine(x.to(self.dtype)).float()  # losses in fp32, whatever the compute dtype
+        labels = batch["label"]
+        if self.teacher is None:
+            return F.cross_entropy(logits, labels), len(labels)
+        # The teacher sees the same (augmented) batch as the student.
+        loss = distillation_loss(
+            logits,
+            self.teacher(x),
+            labels,
+            self.cfg.distill_temperature,
+            self.cfg.distill_alpha,
+        )
+        return loss, len(labels)
+
+    def validate(self, engine, shard) -> dict[str, float]:
+        """Validation metrics over every rank's share of the validation split."""
+        engine.module.eval()
+        total = count = 0.0
+        with torch.no_grad():
+            for batch in shard.iter_torch_batches(
+                batch_size=self.cfg.batch_size, device=engine.device
+            ):
+                if self.lm:
+                    tokens = batch["tokens"].long()
+                    logits, _ = engine(tokens[:, :-1])
+                    total += lm_loss(logits, tokens[:, 1:], reduction="sum").item()
+                    count += tokens[:, 1:].numel()
+                else:
+                    logits = engine(batch["features"].to(self.dtype))
+                    total += (logits.argmax(1) == batch["label"]).sum().item()
+                    count += len(batch["label"])
+        engine.module.train()
+        total, count = _all_reduce_sum(total, count)
+        if self.lm:
+            loss = total / max(count, 1)
+            return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0))}
+        return {"val_accuracy": total / max(count, 1)}
+
+    def summary(self, metrics: dict) -> str:
+        if self.lm:
+            return f"val_loss={metrics['val_loss']:.4f} ppl={metrics['val_perplexity']:.2f}"
+        return f"val_acc={metrics['val_accuracy']:.4f}"
+
+
+def _save_checkpoint(
+    engine, cfg: TrainConfig, rank: int, world: int, metrics: dict, position: dict
+) -> None:
+    """Report ``metrics`` with a sharded checkpoint: every rank's DeepSpeed shard and
+    manifest, and rank 0's full weights (safetensors) for publishing."""
+    import deepspeed
+
+    # ZeRO-3 partitions parameters across ranks: gather them (a collective, so every rank
+    # enters) before rank 0 reads the full state dict.
+    gather = (
+        deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None)
+        if cfg.zero_stage == 3
+        else contextlib.nullcontext()
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        with gather:
+            if rank == 0:
+                save_weights(engine.module, folder / WEIGHTS)
+        save_shard(engine, folder, rank, world, position)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def _restore(engine, world: int) -> dict | None:
+    """Load the latest checkpoint (verified) into ``engine``; its position, or None."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        position = load_shards(engine, Path(folder))
+    if position["world_size"] != world:
+        raise CheckpointError(
+            f"The checkpoint was written by {position['world_size']} workers; resume the run "
+            f"with num_workers={position['world_size']} (this one has {world})."
+        )
+    return position
+
+
+def _mlflow_logger(config: dict):
+    """A function logging epoch metrics to the job's MLflow run (rank 0 only), or None."""
+    if not config.get("mlflow_run_id"):
+        return None
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=config["tracking_uri"])
+
+    def log(metrics: dict, step: int) -> None:
+        for key, value in metrics.items():
+            client.log_metric(config["mlflow_run_id"], key, value, step=step)
+
+    return log
+
+
 def train_func(config: dict) -> None:
     import deepspeed  # imported on the worker: heavy, and it probes the accelerator here
 
@@ -187,20 +253,13 @@ def train_func(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.architecture, **cfg.model_options)
-    start_epoch = _restore(model)
     bf16 = cfg.use_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     ds_config = deepspeed_config(cfg, world, bf16)
     dtype = torch.bfloat16 if bf16 else torch.float32
     # The schedule steps once per optimizer step, i.e. every grad_accum micro-batches.
     steps_per_epoch = max(1, config["steps_per_epoch"] // cfg.grad_accum)
-    factor = warmup_cosine(cfg.epochs * steps_per_epoch, steps_per_epoch)
-
-    def schedule(optimizer):
-        lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        for _ in range(start_epoch * steps_per_epoch):  # a resumed run continues its schedule
-            lr_schedule.step()
-        return lr_schedule
-
+    total_steps = cfg.epochs * steps_per_epoch
+    factor = warmup_cosine(total_steps, min(steps_per_epoch, max(1, total_steps // 10)))
     optimizer = None
     if "optimizer" not in ds_config:
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -208,18 +267,29 @@ def train_func(config: dict) -> None:
         model=model,
         model_parameters=model.parameters(),
         optimizer=optimizer,
-        lr_scheduler=schedule,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
         config=ds_config,
     )
-    augment = architecture(cfg.architecture).augment if cfg.augment else None
-    teacher = _teacher(config) if config.get("teacher") else None
+    progress(
+        f"[train] worker rank {rank}/{world} pid {os.getpid()} on {ray.util.get_node_ip_address()}"
+    )
+    position = _restore(engine, world)  # model, optimizer and schedule, as checkpointed
+    start_epoch = position["epoch"] + 1 if position else 0
+    if position and rank == 0:
+        progress(
+            f"[train] resumed from the checkpoint of epoch {start_epoch}/{cfg.epochs}, "
+            f"step {position['step']}"
+        )
+    task = Task(cfg, config, dtype)
+    metrics_out = TrainMetrics(cfg.name, rank)
     log_metrics = _mlflow_logger(config) if rank == 0 else None
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
-    started = time.monotonic()
+    started, start_step = time.monotonic(), engine.global_steps
     for epoch in range(start_epoch, cfg.epochs):
         t0, loss_sum, rows = time.monotonic(), 0.0, 0
         # drop_last: every rank takes the same number of steps, so collectives never hang.
+        # The shuffle seed changes with the epoch: a different, reproducible order each one.
         batches = train_shard.iter_torch_batches(
             batch_size=cfg.batch_size,
             device=engine.device,
@@ -228,45 +298,44 @@ def train_func(config: dict) -> None:
             local_shuffle_seed=cfg.seed + epoch,
         )
         for batch in batches:
-            x = augment(batch["features"]) if augment else batch["features"]
-            logits = engine(x.to(dtype)).float()  # losses in fp32, whatever the compute dtype
-            if teacher is None:
-                loss = F.cross_entropy(logits, batch["label"])
-            else:  # the teacher sees the same (augmented) batch as the student
-                loss = distillation_loss(
-                    logits,
-                    teacher(x),
-                    batch["label"],
-                    cfg.distill_temperature,
-                    cfg.distill_alpha,
-                )
+            loss, n = task.batch_loss(engine, batch)
             engine.backward(loss)
+            before = engine.global_steps
             engine.step()
-            loss_sum += loss.item() * len(batch["label"])
-            rows += len(batch["label"])
-        loss_sum, rows, correct, seen = _all_reduce_sum(
-            loss_sum, rows, *_evaluate(engine, val_shard, cfg.batch_size, dtype)
-        )
+            loss_sum, rows = loss_sum + loss.item() * n, rows + n
+            step = engine.global_steps
+            if step == before:
+                continue  # inside a gradient accumulation window
+            rate = rows * world / max(time.monotonic() - t0, 1e-9)
+            metrics_out.on_step(step, loss.item(), n, rate / world)
+            if rank == 0 and cfg.log_every and step % cfg.log_every == 0:
+                done = (step - start_step) / max(time.monotonic() - started, 1e-9)
+                progress(
+                    f"[train] step {step}/{total_steps} loss={loss.item():.4f} "
+                    f"{rate:.0f} rows/s eta {(total_steps - step) / max(done, 1e-9):.0f}s"
+                )
+        loss_sum, rows = _all_reduce_sum(loss_sum, rows)
         elapsed = time.monotonic() - t0
         metrics = {
             "epoch": epoch,
+            "step": engine.global_steps,
             "train_loss": loss_sum / max(rows, 1),
-            "val_accuracy": correct / max(seen, 1),
+            **task.validate(engine, val_shard),
             "rows_per_s": rows / elapsed,
         }
-        last = epoch == cfg.epochs - 1
+        metrics_out.val.set(metrics[cfg.objective()[0]])
         if log_metrics:
             log_metrics(metrics, step=epoch)
         if rank == 0:
-            eta = (
-                (time.monotonic() - started) / (epoch - start_epoch + 1) * (cfg.epochs - epoch - 1)
-            )
+            done_epochs = epoch - start_epoch + 1
+            eta = (time.monotonic() - started) / done_epochs * (cfg.epochs - epoch - 1)
             progress(
-                f"[train] epoch {epoch + 1}/{cfg.epochs} loss={metrics['train_loss']:.4f} "
-                f"val_acc={metrics['val_accuracy']:.4f} {metrics['rows_per_s']:.0f} rows/s "
-                f"eta {eta:.0f}s"
+                f"[train] epoch {epoch + 1}/{cfg.epochs} step {metrics['step']}/{total_steps} "
+                f"loss={metrics['train_loss']:.4f} {task.summary(metrics)} "
+                f"{metrics['rows_per_s']:.0f} rows/s eta {eta:.0f}s"
             )
-        if last or (epoch + 1) % cfg.checkpoint_every == 0:
-            _save_checkpoint(engine, cfg.zero_stage, rank, metrics, epoch)
+        if epoch == cfg.epochs - 1 or (epoch + 1) % cfg.checkpoint_every == 0:
+            position = {"epoch": epoch, "step": engine.global_steps}
+            _save_checkpoint(engine, cfg, rank, world, metrics, position)
         else:
             ray.train.report(metrics)

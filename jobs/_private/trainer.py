@@ -19,8 +19,12 @@ from models.zoo import build_model
 
 
 def datasets(cfg: TrainConfig, manifest: Manifest) -> dict[str, ray.data.Dataset]:
-    # Job logs are for people: progress lines from the loop, no data bars.
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    context = ray.data.DataContext.get_current()  # each dataset copies it when created
+    context.enable_progress_bars = False  # job logs are for people: the loop's lines only
+    # Ray 2.60's default Parquet reader starts 32 footer-reading actors each time the plan
+    # runs, i.e. every epoch when streaming: 50+ s per epoch here before the first batch
+    # (bench.ingest_throughput). The V1 reader lists the manifest's files once.
+    context.use_datasource_v2 = False
     out = {split: ray.data.read_parquet(manifest.shard_uris(split)) for split in ("train", "val")}
     return {k: ds.materialize() for k, ds in out.items()} if cfg.cache_data else out
 

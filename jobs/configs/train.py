@@ -8,6 +8,18 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from models.zoo import LM, architecture
 
 
+@dataclass(frozen=True, slots=True)
+class ChampionGate:
+    """The test metric a freshly trained version must pass to become ``champion``."""
+
+    metric: str
+    threshold: float
+    higher_is_better: bool
+
+    def passes(self, value: float) -> bool:
+        return value >= self.threshold if self.higher_is_better else value <= self.threshold
+
+
 @dataclass(kw_only=True, frozen=True, slots=True)
 class TrainConfig:
     """One training run: model, data, DeepSpeed and the gate that makes a champion."""
@@ -53,7 +65,12 @@ class TrainConfig:
     max_failures: int = 2
     """Worker-group restarts Ray Train allows; each resumes from the latest checkpoint."""
     min_accuracy: float = 0.97
-    """Test accuracy at or above which the new version becomes ``champion``."""
+    """Classifiers: test accuracy at or above which the new version becomes ``champion``."""
+    max_loss: float = 2.5
+    """Language models: test loss (nats per token) at or below which it becomes ``champion``
+    (a byte model guessing uniformly scores ln 256 = 5.55)."""
+    log_every: int = 0
+    """Optimizer steps between progress lines in the job log (0: one line per epoch)."""
     distill_temperature: float = 2.0
     """Softmax temperature of the soft targets when distilling from a teacher."""
     distill_alpha: float = 0.7
@@ -76,6 +93,8 @@ class TrainConfig:
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
             (self.max_failures >= -1, "max_failures must be >= 0, or -1 for unlimited"),
             (0.0 <= self.min_accuracy <= 1.0, "min_accuracy must be in [0, 1]"),
+            (self.max_loss > 0, "max_loss must be > 0"),
+            (self.log_every >= 0, "log_every must be >= 0"),
             (self.distill_temperature > 0, "distill_temperature must be > 0"),
             (0.0 <= self.distill_alpha <= 1.0, "distill_alpha must be in [0, 1]"),
         ]
@@ -94,6 +113,11 @@ class TrainConfig:
     def objective(self) -> tuple[str, str]:
         """The validation metric the loop reports that tuning optimises, and its mode."""
         return ("val_loss", "min") if self.task == LM else ("val_accuracy", "max")
+
+    def champion_gate(self) -> ChampionGate:
+        if self.task == LM:
+            return ChampionGate("loss", self.max_loss, higher_is_better=False)
+        return ChampionGate("accuracy", self.min_accuracy, higher_is_better=True)
 
     def with_overrides(self, pairs: list[str]) -> TrainConfig:
         """Apply ``key=value`` overrides, each value cast to the field's type."""
@@ -153,6 +177,89 @@ def digits_transformer() -> TrainConfig:
     )
 
 
+def gpt_tiny() -> TrainConfig:
+    """The tiny GPT (~0.13 M parameters) on the standard library's sources, 2 CPU workers,
+    ZeRO-2: its loss falls from ln 256 = 5.5 to ~2.5 nats per byte in a few minutes.
+    Needs ``python -m jobs.ingest --dataset python_stdlib`` first."""
+    return TrainConfig(
+        name="gpt_tiny",
+        architecture="gpt",
+        model_options={"preset": "tiny", "block_size": 128},
+        dataset="python_stdlib",
+        register_as="gpt",
+        epochs=2,
+        batch_size=16,
+        lr=3e-3,
+        weight_decay=0.01,
+        augment=False,
+        cache_data=False,
+        checkpoint_every=1,
+        log_every=20,
+    )
+
+
+def gpt_tiny_zero1() -> TrainConfig:
+    return replace(gpt_tiny(), name="gpt_tiny_zero1", zero_stage=1)
+
+
+def gpt_tiny_zero3() -> TrainConfig:
+    return replace(gpt_tiny(), name="gpt_tiny_zero3", zero_stage=3)
+
+
+def gpt_tiny_offload() -> TrainConfig:
+    """ZeRO-3 with optimizer (DeepSpeedCPUAdam) and parameter offload to the CPU."""
+    return replace(
+        gpt_tiny(),
+        name="gpt_tiny_offload",
+        zero_stage=3,
+        offload_optimizer=True,
+        offload_params=True,
+        grad_accum=2,
+    )
+
+
+def gpt_125m() -> TrainConfig:
+    """GPT-2 small's shape on 8 GPUs (NCCL), ZeRO-2, bf16 where supported."""
+    return replace(
+        gpt_tiny(),
+        name="gpt_125m",
+        model_options={"preset": "125m"},
+        num_workers=8,
+        use_gpu=True,
+        batch_size=8,
+        lr=6e-4,
+        epochs=1,
+        log_every=50,
+    )
+
+
+def gpt_1b3() -> TrainConfig:
+    """GPT-3 XL's shape: parameters partitioned across 8 GPUs (ZeRO-3), activations
+    recomputed in the backward pass."""
+    return replace(
+        gpt_125m(),
+        name="gpt_1b3",
+        model_options={"preset": "1.3b", "activation_checkpointing": True},
+        zero_stage=3,
+        batch_size=4,
+        lr=2e-4,
+    )
+
+
+def gpt_6b7() -> TrainConfig:
+    """GPT-3 6.7B's shape: ZeRO-3 with optimizer and parameters offloaded to host memory."""
+    return replace(
+        gpt_1b3(),
+        name="gpt_6b7",
+        model_options={"preset": "6.7b", "activation_checkpointing": True},
+        offload_optimizer=True,
+        offload_params=True,
+        batch_size=2,
+        grad_accum=4,
+        lr=1.2e-4,
+    )
+
+
 PRESETS: dict[str, Callable[[], TrainConfig]] = {
     f.__name__: f
     for f in (
@@ -162,6 +269,13 @@ PRESETS: dict[str, Callable[[], TrainConfig]] = {
         digits_cnn_offload,
         digits_cnn_smoke,
         digits_transformer,
+        gpt_tiny,
+        gpt_tiny_zero1,
+        gpt_tiny_zero3,
+        gpt_tiny_offload,
+        gpt_125m,
+        gpt_1b3,
+        gpt_6b7,
     )
 }
 
