@@ -4,29 +4,33 @@ Submit it to the cluster (run from the repository root):
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m jobs.evaluate --model digits@3
 
-Metrics come from scikit-learn on the held-out split, computed from the ONNX model that
-would serve: accuracy, precision/recall/F1 (macro and weighted), one-vs-rest ROC-AUC,
-Cohen's kappa, expected calibration error, a confusion matrix (PNG in the MLflow run) and
-ONNX Runtime latency. Gates compare it with the current champion, re-measured on the same
-split. A failing gate ends the job with status 1 and says which gate, and by how much.
+Metrics come from the held-out split, computed from the ONNX model that would serve. For
+classifiers (scikit-learn): accuracy, precision/recall/F1 (macro and weighted), one-vs-rest
+ROC-AUC, Cohen's kappa, expected calibration error, a confusion matrix (PNG in the MLflow
+run) and ONNX Runtime latency. For language models: next-token loss (nats per token) and
+perplexity (``--dataset python_stdlib`` is their default). Gates compare it with the
+current champion, re-measured on the same split. A failing gate ends the job with status 1
+and says which gate, and by how much.
 """
 
 from __future__ import annotations
 
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.compression.latency import onnx_latency
 from pydantic import BaseModel, Field
 
 from cluster import storage
 from cluster.settings import get_settings
 from jobs._private.cli import parse_config
+from jobs._private.publish import LM_TEST_ROWS, lm_test_metrics
 from jobs._private.runs import mlflow_run
 from jobs.dataset import dataset_uri, read_manifest
 from models import package
+from models.compression.latency import onnx_latency
 from models.evaluation import (
     classification_metrics,
     confusion,
@@ -37,13 +41,18 @@ from models.evaluation import (
 from models.exceptions import ModelNotFound
 from models.onnx_export import INPUT_NAME, OUTPUT_NAME, cpu_session
 from models.registry import CANDIDATE, CHAMPION, ModelRef, ModelVersionInfo, Registry
+from models.zoo import LM, architecture
 
 
 class EvaluateConfig(BaseModel):
     """Which version to evaluate, on what, and the gates it must pass."""
 
     model: str = Field(description="Version to evaluate: name@version or name@alias.")
-    dataset: str = Field("digits", description="Dataset (under <storage>/datasets).")
+    dataset: str | None = Field(
+        None,
+        description="Dataset (under <storage>/datasets); default digits, or python_stdlib "
+        "for language models.",
+    )
     split: str = Field("test", pattern="^(val|test)$", description="Held-out split.")
     max_accuracy_drop: float = Field(
         0.005, ge=0, le=1, description="Largest accuracy drop vs the champion (0.005 = 0.5 pt)."
@@ -51,6 +60,10 @@ class EvaluateConfig(BaseModel):
     min_accuracy: float = Field(0.0, ge=0, le=1, description="Absolute accuracy floor.")
     max_p99_latency_ms: float = Field(
         50.0, gt=0, description="p99 budget at batch 1, ONNX Runtime on one thread."
+    )
+    max_loss: float = Field(10.0, gt=0, description="Language models: test loss ceiling.")
+    max_loss_increase: float = Field(
+        0.02, ge=0, description="Language models: largest loss increase vs the champion."
     )
     promote: bool = Field(True, description="Set the candidate alias when every gate passes.")
 
@@ -104,8 +117,18 @@ def gates(cfg: EvaluateConfig, metrics: dict[str, float], champion_accuracy: flo
     return out
 
 
-def champion_accuracy(registry: Registry, info: ModelVersionInfo, x, y) -> float | None:
-    """The current champion's accuracy on the same rows; None if there is none, or it is
+def lm_gates(cfg: EvaluateConfig, metrics: dict[str, float], champion_loss: float | None):
+    out = [Gate("loss", metrics["loss"], cfg.max_loss, False)]
+    if champion_loss is not None:
+        ceiling = champion_loss + cfg.max_loss_increase
+        out.append(Gate("loss vs champion", metrics["loss"], ceiling, False))
+    return out
+
+
+def champion_score(
+    registry: Registry, info: ModelVersionInfo, score: Callable[[Path], float]
+) -> float | None:
+    """``score`` of the current champion's package; None if there is no champion, or it is
     the version under evaluation."""
     try:
         champion = registry.resolve(ModelRef(info.name, alias=CHAMPION))
@@ -113,28 +136,33 @@ def champion_accuracy(registry: Registry, info: ModelVersionInfo, x, y) -> float
         return None
     if champion.version == info.version:
         return None
-    folder = registry.fetch(champion)
-    session = cpu_session(folder / package.ONNX_FILE, threads=1)
-    return float((session.run([OUTPUT_NAME], {INPUT_NAME: x})[0].argmax(1) == y).mean())
+    return score(registry.fetch(champion))
 
 
-def main(argv: list[str] | None = None) -> None:
-    cfg = parse_config(EvaluateConfig, __doc__.split("\n")[0], argv)
-    settings = get_settings()
-    registry = Registry(settings.mlflow_uri, storage.join(settings.storage_root, "mlflow"))
-    info = registry.resolve(cfg.model)
-    x, y = read_manifest(dataset_uri(settings.storage_root, cfg.dataset)).load_split(cfg.split)
-    metrics, matrix = measure(registry.fetch(info), x, y)
-    results = gates(cfg, metrics, champion_accuracy(registry, info, x, y))
-    run_name = f"evaluate-{info.name}-v{info.version}"
-    tags = {"aimass.evaluated": f"{info.name}@{info.version}"}
-    with mlflow_run(registry, info.name, run_name, cfg.model_dump(), tags) as run_id:
-        for key, value in metrics.items():
-            registry.client.log_metric(run_id, key, value)
-        with tempfile.TemporaryDirectory() as tmp:
-            png = Path(tmp) / "confusion_matrix.png"
-            confusion_png(matrix, png, f"{info.name} v{info.version} ({cfg.split})")
-            registry.client.log_artifact(run_id, str(png))
+def _accuracy(x, y) -> Callable[[Path], float]:
+    def score(folder: Path) -> float:
+        session = cpu_session(folder / package.ONNX_FILE, threads=1)
+        return float((session.run([OUTPUT_NAME], {INPUT_NAME: x})[0].argmax(1) == y).mean())
+
+    return score
+
+
+def _lm_loss(tokens) -> Callable[[Path], float]:
+    def score(folder: Path) -> float:
+        return lm_test_metrics(cpu_session(folder / package.ONNX_FILE, threads=1), tokens)["loss"]
+
+    return score
+
+
+def evaluate_classifier(cfg, registry, info, folder, manifest, run_id) -> list[Gate]:
+    x, y = manifest.load_split(cfg.split)
+    metrics, matrix = measure(folder, x, y)
+    for key, value in metrics.items():
+        registry.client.log_metric(run_id, key, value)
+    with tempfile.TemporaryDirectory() as tmp:
+        png = Path(tmp) / "confusion_matrix.png"
+        confusion_png(matrix, png, f"{info.name} v{info.version} ({cfg.split})")
+        registry.client.log_artifact(run_id, str(png))
     print(f"[evaluate] {info.name} version {info.version} on {cfg.split} ({len(y)} rows):")
     for key in (
         "accuracy",
@@ -146,6 +174,37 @@ def main(argv: list[str] | None = None) -> None:
         "rows_per_s_batch32",
     ):
         print(f"[evaluate]   {key:24s} {metrics[key]:.4f}")
+    return gates(cfg, metrics, champion_score(registry, info, _accuracy(x, y)))
+
+
+def evaluate_language_model(cfg, registry, info, folder, manifest, run_id) -> list[Gate]:
+    tokens = manifest.load_tokens(cfg.split)[:LM_TEST_ROWS]
+    metrics = lm_test_metrics(cpu_session(folder / package.ONNX_FILE, threads=1), tokens)
+    for key, value in metrics.items():
+        registry.client.log_metric(run_id, key, value)
+    print(
+        f"[evaluate] {info.name} version {info.version} on {cfg.split} "
+        f"({len(tokens)} sequences, {metrics['tokens']:.0f} tokens):"
+    )
+    for key in ("loss", "perplexity"):
+        print(f"[evaluate]   {key:24s} {metrics[key]:.4f}")
+    return lm_gates(cfg, metrics, champion_score(registry, info, _lm_loss(tokens)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(EvaluateConfig, __doc__.split("\n")[0], argv)
+    settings = get_settings()
+    registry = Registry(settings.mlflow_uri, storage.join(settings.storage_root, "mlflow"))
+    info = registry.resolve(cfg.model)
+    folder = registry.fetch(info)
+    lm = architecture(package.PackageConfig.read(folder).architecture).task == LM
+    dataset = cfg.dataset or ("python_stdlib" if lm else "digits")
+    manifest = read_manifest(dataset_uri(settings.storage_root, dataset))
+    run_name = f"evaluate-{info.name}-v{info.version}"
+    tags = {"aimass.evaluated": f"{info.name}@{info.version}"}
+    with mlflow_run(registry, info.name, run_name, cfg.model_dump(), tags) as run_id:
+        evaluate = evaluate_language_model if lm else evaluate_classifier
+        results = evaluate(cfg, registry, info, folder, manifest, run_id)
     for gate in results:
         print(f"[evaluate] gate {gate.describe()}")
     if not all(g.passed for g in results):
