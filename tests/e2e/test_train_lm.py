@@ -1,0 +1,140 @@
+"""The GPT language model through jobs.train: a worker killed at a random step, a run that
+fails for good and is resubmitted under its name, each resuming from its last checkpoint.
+
+Pass or fail comes from the job's own step lines ("[train] step N/T ...") and its status,
+never from timing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import re
+import signal
+
+import pytest
+from ray._common.test_utils import wait_for_condition
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+from cluster.settings import Settings
+from jobs.dataset import dataset_uri, read_manifest
+from models.registry import Registry
+
+RUN = "lm-faults"
+EPOCHS = 3
+# Worker lines carry Ray's "(RayTrainWorker pid=N)" prefix: a killed attempt's last lines
+# may reach the log after the next attempt's first ones, so lines are told apart by pid.
+STEP = re.compile(r"pid=(\d+)\)\s*\[train\] step (\d+)/(\d+)")
+WORKER = re.compile(r"\[train\] worker rank (\d+)/\d+ pid (\d+)")
+RESUMED = re.compile(
+    r"pid=(\d+)\)\s*\[train\] resumed from the checkpoint of epoch (\d+)/\d+, step (\d+)"
+)
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class Job:
+    """A submitted job and what its log says so far."""
+
+    def __init__(self, client: JobSubmissionClient, job_id: str) -> None:
+        self.client, self.id = client, job_id
+
+    @property
+    def log(self) -> str:
+        return ANSI.sub("", self.client.get_job_logs(self.id))
+
+    @property
+    def status(self) -> JobStatus:
+        return self.client.get_job_status(self.id)
+
+    def steps(self, pid: int | None = None) -> list[int]:
+        """Steps logged (by rank 0), optionally only by the process ``pid``."""
+        found = ((int(m.group(1)), int(m.group(2))) for m in STEP.finditer(self.log))
+        return [step for p, step in found if pid is None or p == pid]
+
+    def worker_pid(self, rank: int, attempt: int = -1) -> int:
+        pids = [int(m.group(2)) for m in WORKER.finditer(self.log) if int(m.group(1)) == rank]
+        return pids[attempt]
+
+    def wait(self, timeout: float = 600) -> JobStatus:
+        done = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED)
+        wait_for_condition(lambda: self.status in done, timeout=timeout, retry_interval_ms=1000)
+        return self.status
+
+
+@pytest.fixture(scope="module")
+def lm_data(submit) -> int:
+    """A small slice of the standard library as byte tokens; returns steps per epoch."""
+    out = submit(
+        "python", "-m", "jobs.ingest", "--dataset", "python_stdlib", "--max-bytes", "300000"
+    ).stdout
+    assert "[ingest] train:" in out
+    rows = read_manifest(dataset_uri(Settings().storage_root, "python_stdlib")).rows("train")
+    return rows // 2 // 16  # 2 workers, batch 16, drop_last
+
+
+def train(local_cluster: Settings, repo_root, *overrides: str) -> Job:
+    client = JobSubmissionClient(local_cluster.dashboard_url)
+    sets = [f"--set={pair}" for pair in (f"epochs={EPOCHS}", "log_every=1", *overrides)]
+    entrypoint = f"python -m jobs.train --config gpt_tiny --name {RUN} " + " ".join(sets)
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(repo_root)})
+    return Job(client, job_id)
+
+
+def kill_worker_after(job: Job, step: int, pid: int | None = None) -> None:
+    """SIGKILL the latest rank 1 process once (``pid``'s) rank 0 has logged ``step``."""
+    wait_for_condition(lambda: max(job.steps(pid), default=0) >= step, timeout=300)
+    os.kill(job.worker_pid(1), signal.SIGKILL)
+
+
+def first_step_after_resume(job: Job) -> tuple[int, int, int]:
+    """(checkpoint step, first step the resumed rank 0 logged, its pid), once it has."""
+    wait_for_condition(lambda: RESUMED.search(job.log), timeout=300)
+    resumed = RESUMED.search(job.log)
+    pid = int(resumed.group(1))
+    wait_for_condition(lambda: job.steps(pid), timeout=300)
+    return int(resumed.group(3)), job.steps(pid)[0], pid
+
+
+def test_killed_worker_and_resubmitted_run_resume_from_their_checkpoints(
+    local_cluster: Settings, repo_root, lm_data: int
+):
+    steps_per_epoch, total = lm_data, lm_data * EPOCHS
+    rng = random.Random()
+    # max_failures=1: the first kill is survived (Ray Train restarts the worker group), the
+    # second ends the job, which a resubmission under the same name must pick up.
+    job = train(local_cluster, repo_root, "max_failures=1")
+    kill_at = rng.randint(steps_per_epoch + 2, 2 * steps_per_epoch - 2)  # after 1st checkpoint
+    kill_worker_after(job, kill_at)
+    checkpoint_step, first, pid = first_step_after_resume(job)
+    assert checkpoint_step == steps_per_epoch
+    assert first == checkpoint_step + 1
+
+    # Kill again, after the restart: no failures left, the run ends FAILED.
+    wait_for_condition(lambda: len(WORKER.findall(job.log)) == 4, timeout=300)
+    kill_worker_after(job, first + 2, pid)
+    assert job.wait() == JobStatus.FAILED
+
+    again = train(local_cluster, repo_root)
+    checkpoint_step, first, _ = first_step_after_resume(again)
+    assert checkpoint_step % steps_per_epoch == 0 and checkpoint_step >= steps_per_epoch
+    assert first == checkpoint_step + 1
+    assert again.wait() == JobStatus.SUCCEEDED, again.log[-3000:]
+    assert max(again.steps()) == total
+    assert re.search(r"\[train\] registered gpt version \d+; test loss", again.log)
+
+    registry = Registry(local_cluster.mlflow_uri, f"{local_cluster.storage_root}/mlflow")
+    assert registry.client.search_model_versions("name='gpt'")
+
+
+def test_evaluate_measures_a_language_model_by_loss_and_perplexity(submit, local_cluster):
+    registry = Registry(local_cluster.mlflow_uri, f"{local_cluster.storage_root}/mlflow")
+    versions = registry.client.search_model_versions("name='gpt'")
+    assert versions, "needs the version the training test registered"
+    latest = max(int(v.version) for v in versions)
+    out = submit("python", "-m", "jobs.evaluate", "--model", f"gpt@{latest}").stdout
+    loss = float(re.search(r"\[evaluate\]\s+loss\s+([\d.]+)", out).group(1))
+    perplexity = float(re.search(r"\[evaluate\]\s+perplexity\s+([\d.]+)", out).group(1))
+    assert 0 < loss < 5.55  # better than a uniform guess over 256 bytes
+    assert perplexity == pytest.approx(math.exp(loss), rel=1e-3)
+    assert "gate loss:" in out
