@@ -45,8 +45,8 @@ def cluster(existing: bool) -> Iterator[Settings]:
         )
         local.connect_clients(settings)
         log(f"starting a private Ray cluster at {settings.gcs_address}")
-        local.up(settings)
         try:
+            local.up(settings)  # inside the try: a start that times out is still cleaned up
             yield settings
         finally:
             local.down(settings)
