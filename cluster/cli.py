@@ -3,7 +3,7 @@
 aimass up        start the local Ray head (token auth, 127.0.0.1, datacenter labels)
 aimass status    nodes with labels and resources, jobs, Serve applications
 aimass down      stop what `up` started
-aimass keys create NAME [--scope predict|admin]... | list | revoke ID
+aimass keys create NAME [--scope predict|admin]... [--rate R [--burst B]] | list | revoke ID
 aimass models list | show NAME[@ALIAS|@VERSION] | promote NAME VERSION | rollback NAME
               | diff REF_A REF_B | history NAME       (promote/rollback/history: --alias)
 """
@@ -24,6 +24,7 @@ from models.exceptions import ModelError
 
 if TYPE_CHECKING:  # the registry pulls in MLflow: only `aimass models` pays for that import
     from models.registry import AliasEvent, Registry
+    from serve_apps.keys import KeyRecord
 
 console = make_console()
 
@@ -96,9 +97,11 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> None:
 
     store = KeyStore(keys_uri(settings.storage_root))
     if args.action == "create":
-        key, record = store.create(args.name, tuple(args.scope or ["predict"]))
+        key, record = store.create(
+            args.name, tuple(args.scope or ["predict"]), rate=args.rate, burst=args.burst
+        )
         console.print(
-            f"Created key [bold]{record.id}[/] ({', '.join(record.scopes)}). "
+            f"Created key [bold]{record.id}[/] ({', '.join(record.scopes)}; {_quota(record)}). "
             "It is shown once; store it now:"
         )
         print(key)
@@ -106,10 +109,15 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> None:
         record = store.revoke(args.name)
         console.print(f"Revoked key {record.id} ({record.name}) at {record.revoked}.")
     else:
-        table = Table("id", "name", "scopes", "created", "revoked", title="API keys")
+        table = Table("id", "name", "scopes", "quota", "created", "revoked", title="API keys")
         for r in store.records().values():
-            table.add_row(r.id, r.name, ",".join(r.scopes), r.created, r.revoked or "")
+            table.add_row(r.id, r.name, ",".join(r.scopes), _quota(r), r.created, r.revoked or "")
         console.print(table)
+
+
+def _quota(record: KeyRecord) -> str:
+    quota = record.quota
+    return "no quota" if quota is None else f"{quota.rate:g}/s, burst {quota.burst}"
 
 
 def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
@@ -238,6 +246,8 @@ def parser() -> argparse.ArgumentParser:
     keys.add_argument("action", choices=["create", "list", "revoke"])
     keys.add_argument("name", nargs="?", help="key name (create) or key id (revoke)")
     keys.add_argument("--scope", action="append", choices=["predict", "admin"])
+    keys.add_argument("--rate", type=float, help="quota: requests per second, all replicas")
+    keys.add_argument("--burst", type=int, help="quota: requests at once (default: rate)")
     keys.set_defaults(run=cmd_keys)
     _models_parser(sub)
     return p

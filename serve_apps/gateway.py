@@ -1,8 +1,14 @@
 """The Gateway deployment: the FastAPI ingress in front of every model.
 
-It authenticates (API keys), caps and validates bodies, checks each instance against the
-served model's signature, forwards to the Predictor and maps every failure to a 4xx/5xx
-with a short JSON message. Bad input never reaches the model and never yields a 500.
+It authenticates (API keys and their scopes), enforces each key's quota across all
+replicas (leasing tokens from the global rate limiter actor), caps and validates bodies,
+checks each instance against the served model's signature, forwards to the Predictor and
+maps every failure to a 4xx/5xx with a short JSON message. Bad input never reaches the
+model and never yields a 500.
+
+If the rate limiter cannot be reached, keys with a quota fail closed: 503 with
+``Retry-After`` (keys without a quota never call it). The actor is detached and restarted
+by Ray; the next lease looks it up (or creates it) again.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see real annotations on the
@@ -12,15 +18,19 @@ import logging
 import time
 
 import numpy as np
+import ray
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from ray import serve
+from ray.exceptions import RayError
+from ray.serve._private.constants import SERVE_NAMESPACE
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
+from actors.rate_limiter import LIMITER_NAME, Lease, LeasedQuota, Quota, RateLimiter
 from cluster.settings import get_settings
 from models.exceptions import InvalidModelRef, ModelNotFound
 from models.registry import CHAMPION, check_name
@@ -31,7 +41,7 @@ from serve_apps._private.http import (
     request_id,
     validation_message,
 )
-from serve_apps.keys import AuthError, KeyStore, keys_uri, presented_key
+from serve_apps.keys import AuthError, KeyRecord, KeyStore, keys_uri, presented_key
 from serve_apps.schemas import (
     ErrorResponse,
     GatewayConfig,
@@ -49,7 +59,7 @@ api = FastAPI(
     "`Authorization: Bearer <key>` or `X-API-Key: <key>`.",
     version="0.1.0",
 )
-ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 413, 415, 422, 503, 504)}
+ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 413, 415, 422, 429, 503, 504)}
 
 
 @api.middleware("http")
@@ -84,6 +94,26 @@ async def _validation_error(request: Request, err: RequestValidationError) -> JS
     return error_response(ApiError(422, "invalid_input", detail), request.state.request_id)
 
 
+def _limiter_actor() -> ray.actor.ActorHandle:
+    """The one RateLimiter of the Serve namespace, created by whichever replica asks first.
+
+    Defined above Gateway: Serve pickles the ingress class by value where it is decorated,
+    with only the module globals that exist by then.
+    """
+    return (
+        ray.remote(RateLimiter)
+        .options(
+            name=LIMITER_NAME,
+            namespace=SERVE_NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+            num_cpus=0,
+            max_restarts=-1,  # restarted with full buckets: at most one extra burst
+        )
+        .remote()
+    )
+
+
 @serve.deployment
 @serve.ingress(api)
 class Gateway:
@@ -91,19 +121,53 @@ class Gateway:
         self.predictor = predictor
         self.keys = KeyStore(keys_uri(get_settings().storage_root))
         self.config = GatewayConfig()
+        self.quotas = LeasedQuota(self._lease, self.config.rate_lease_s)
+        self._limiter: ray.actor.ActorHandle | None = None
         self._catalog: dict[str, dict] = {}
         self._catalog_at = float("-inf")
 
     def reconfigure(self, user_config: dict) -> None:
         self.config = GatewayConfig(**user_config)
+        self.quotas.lease_s = self.config.rate_lease_s
 
-    def _authenticate(self, authorization: str | None, x_api_key: str | None) -> None:
+    async def _authenticate(self, authorization: str | None, x_api_key: str | None) -> None:
         try:
-            self.keys.authenticate(presented_key(authorization, x_api_key), scope="predict")
+            record = self.keys.authenticate(
+                presented_key(authorization, x_api_key), scope="predict"
+            )
         except AuthError as err:
             headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else {}
             code = "unauthorized" if err.status == 401 else "forbidden"
             raise ApiError(err.status, code, str(err), headers) from None
+        await self._check_quota(record)
+
+    async def _check_quota(self, record: KeyRecord) -> None:
+        if record.quota is None:
+            return
+        try:
+            decision = await self.quotas.acquire(record.id, record.quota)
+        except (RayError, TimeoutError) as err:  # fail closed, but never with a 500
+            logger.warning("rate limiter unreachable (%s): refusing quota keys", err)
+            self._limiter = None  # look it up (or create it) again on the next lease
+            raise ApiError(
+                503, "rate_limiter_unavailable", "Try again shortly.", {"Retry-After": "1"}
+            ) from None
+        if not decision.admitted:
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"Over this key's quota of {record.quota.rate:g} requests/s "
+                f"(burst {record.quota.burst}); retry after {decision.retry_after} s.",
+                {"Retry-After": decision.retry_after},
+            )
+
+    async def _lease(self, key_id: str, quota: Quota, want: int) -> Lease:
+        if self._limiter is None:  # a GCS lookup: off the event loop
+            self._limiter = await asyncio.to_thread(_limiter_actor)
+        return await asyncio.wait_for(
+            self._limiter.lease.remote(key_id, quota.rate, quota.burst, want),
+            self.config.rate_limiter_timeout_s,
+        )
 
     async def _models(self) -> dict[str, dict]:
         if time.monotonic() - self._catalog_at > self.config.catalog_ttl_s:
@@ -121,7 +185,7 @@ class Gateway:
         authorization: str | None = Header(None),
         x_api_key: str | None = Header(None),
     ) -> ModelList:
-        self._authenticate(authorization, x_api_key)
+        await self._authenticate(authorization, x_api_key)
         return ModelList(
             models=[
                 ModelInfo(
@@ -154,7 +218,7 @@ class Gateway:
         authorization: str | None = Header(None),
         x_api_key: str | None = Header(None),
     ) -> PredictResponse:
-        self._authenticate(authorization, x_api_key)
+        await self._authenticate(authorization, x_api_key)
         model = await self._signature_of(name)
         body = await read_json_body(request, self.config.max_body_bytes)
         try:

@@ -4,6 +4,10 @@ A key reads ``amk_<id>_<secret>``. The id finds the record; the secret is checke
 comparing SHA-256(salt + secret) with the stored hash in constant time. Every gateway
 replica reads the same file (on the storage URI), re-reading it at most every
 ``ttl_s`` seconds, so a revocation reaches all of them within that time.
+
+A record also carries the key's scopes (``predict`` for model routes, ``admin``) and an
+optional quota (``rate`` requests/s, ``burst``), enforced by the global rate limiter.
+Records written before a field existed read with its default.
 """
 
 from __future__ import annotations
@@ -11,13 +15,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import re
 import secrets
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 
+from actors.rate_limiter import Quota
 from cluster import storage
 
 KEY_PREFIX = "amk"
@@ -45,9 +51,28 @@ class KeyRecord:
     name: str
     salt: str
     hash: str
-    scopes: tuple[str, ...]
     created: str
+    scopes: tuple[str, ...] = ("predict",)
     revoked: str | None = None
+    rate: float | None = None  # requests per second; None: no per-key quota
+    burst: int | None = None
+
+    @property
+    def quota(self) -> Quota | None:
+        return None if self.rate is None else Quota(self.rate, self.burst or _burst(self.rate))
+
+    @classmethod
+    def from_json(cls, data: dict) -> KeyRecord:
+        known = {f.name for f in fields(cls)}  # fields of a newer version are ignored
+        values = {k: v for k, v in data.items() if k in known}
+        if "scopes" in values:
+            values["scopes"] = tuple(values["scopes"])
+        return cls(**values)
+
+
+def _burst(rate: float) -> int:
+    """The default burst: one second of quota."""
+    return max(1, math.ceil(rate))
 
 
 def _hash(salt: str, secret: str) -> str:
@@ -77,7 +102,7 @@ class KeyStore:
         if not storage.exists(self.uri):
             return {}
         data = json.loads(storage.read_bytes(self.uri))
-        return {k["id"]: KeyRecord(**{**k, "scopes": tuple(k["scopes"])}) for k in data["keys"]}
+        return {k["id"]: KeyRecord.from_json(k) for k in data["keys"]}
 
     def _write(self, records: dict[str, KeyRecord]) -> None:
         body = {"keys": [asdict(r) for r in records.values()]}
@@ -93,11 +118,29 @@ class KeyStore:
                 self._cache, self._loaded_at = self._read(), time.monotonic()
             return self._cache
 
-    def create(self, name: str, scopes: tuple[str, ...] = ("predict",)) -> tuple[str, KeyRecord]:
-        """Make a key; return it in plain (shown once, never stored) and its record."""
+    def create(
+        self,
+        name: str,
+        scopes: tuple[str, ...] = ("predict",),
+        rate: float | None = None,
+        burst: int | None = None,
+    ) -> tuple[str, KeyRecord]:
+        """Make a key; return it in plain (shown once, never stored) and its record.
+
+        Args:
+            name: A label for people (``aimass keys list``).
+            scopes: What it may do: ``predict`` (model routes), ``admin``.
+            rate: Its quota in requests per second, over all gateway replicas; None: none.
+            burst: Requests it may send at once (default: one second of ``rate``).
+        """
         unknown = set(scopes) - SCOPES
         if unknown:
             raise ValueError(f"Unknown scopes {sorted(unknown)}; choose from {sorted(SCOPES)}.")
+        if burst is not None and rate is None:
+            raise ValueError(f"burst={burst} needs a rate: add --rate (requests per second).")
+        if rate is not None:
+            burst = _burst(rate) if burst is None else burst
+            Quota(rate, burst)  # checks both values
         key_id, secret, salt = (
             secrets.token_hex(6),
             secrets.token_urlsafe(32),
@@ -110,6 +153,8 @@ class KeyStore:
             hash=_hash(salt, secret),
             scopes=tuple(scopes),
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            rate=rate,
+            burst=burst,
         )
         records = self._read()
         records[key_id] = record

@@ -59,6 +59,16 @@ class GatewayConfig(BaseModel):
     max_instances: int = Field(256, ge=1, description="Instances per request (422 above).")
     upstream_timeout_s: float = Field(10.0, gt=0, description="Predictor timeout (504 after).")
     catalog_ttl_s: float = Field(2.0, ge=0, description="How long model metadata is cached.")
+    rate_lease_s: float = Field(
+        0.1,
+        gt=0,
+        le=10,
+        description="Seconds of a key's quota a replica leases at once from the global rate "
+        "limiter; each replica may admit at most this much over the quota.",
+    )
+    rate_limiter_timeout_s: float = Field(
+        1.0, gt=0, description="How long a lease may take before the request gets 503."
+    )
 
 
 class PredictorConfig(BaseModel):

@@ -2,6 +2,7 @@ import hmac
 
 import pytest
 
+from actors.rate_limiter import Quota
 from serve_apps import keys as keys_module
 from serve_apps.keys import AuthError, KeyStore, keys_uri, presented_key
 
@@ -95,3 +96,45 @@ def test_a_key_created_elsewhere_is_accepted_at_once_despite_the_cache(tmp_path,
     cli_view = KeyStore(keys_uri(str(tmp_path)))
     key, _ = cli_view.create("second")  # the gateway's cached copy predates this key
     assert gateway_view.authenticate(key).name == "second"
+
+
+def test_quota_and_scopes_are_stored_with_the_record_but_not_the_key(store, tmp_path):
+    key, record = store.create("metered", ("predict", "admin"), rate=50, burst=100)
+    again = KeyStore(store.uri).records()[record.id]
+    assert again == record and again.quota == Quota(50, 100)
+    assert store.authenticate(key, scope="admin").quota == Quota(50, 100)
+    assert key.split("_", 2)[2] not in (tmp_path / "gateway" / "api_keys.json").read_text()
+    assert store.create("open")[1].quota is None
+    assert store.create("default-burst", rate=2.5)[1].quota == Quota(2.5, 3)
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst", "message"),
+    [(0, None, "rate=0"), (5, 0, "burst=0"), (None, 10, "needs a rate")],
+)
+def test_bad_quotas_are_refused_naming_the_field(store, rate, burst, message):
+    with pytest.raises(ValueError, match=message):
+        store.create("x", rate=rate, burst=burst)
+
+
+def test_records_written_before_scopes_and_quotas_still_read(tmp_path):
+    import json
+
+    uri = keys_uri(str(tmp_path))
+    (tmp_path / "gateway").mkdir()
+    old = {"id": "0123456789ab", "name": "old", "salt": "s", "hash": "h", "created": "2024"}
+    (tmp_path / "gateway" / "api_keys.json").write_text(json.dumps({"keys": [old]}))
+    record = KeyStore(uri).records()[old["id"]]
+    assert record.scopes == ("predict",) and record.quota is None and record.revoked is None
+
+
+def test_cli_creates_and_lists_keys_with_scope_and_quota(settings_env, capsys):
+    from cluster import cli
+
+    cli.main(["keys", "create", "metered", "--scope", "predict", "--rate", "50", "--burst", "100"])
+    key = capsys.readouterr().out.strip().splitlines()[-1]
+    record = KeyStore(keys_uri(settings_env.storage_root)).authenticate(key)
+    assert record.quota == Quota(50, 100) and record.scopes == ("predict",)
+    cli.main(["keys", "list"])
+    listed = capsys.readouterr().out
+    assert "metered" in listed and "50/s, burst 100" in listed and key not in listed
