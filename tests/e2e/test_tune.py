@@ -1,0 +1,140 @@
+"""Hyperparameter tuning as a user submits it (ASHA + Optuna over Ray Train trials), through
+F7: the tuning driver is killed mid-run and the experiment restored with ``--resume``.
+
+One experiment serves both tests, to keep the suite short: it is killed once a trial has
+finished, resumed, and must then end like any other run (best trial registered as the
+candidate, curves and summary saved) with every trial having ended exactly once.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from ray._common.test_utils import wait_for_condition
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+from cluster import storage
+from cluster.settings import Settings
+from jobs.ingest import IngestConfig, ingest
+from jobs.tune import EXPERIMENT_TAG, TRIAL_TAG
+from models.registry import CANDIDATE, DATA_TAG, GIT_TAG, Registry
+
+# An interrupted and resumed experiment of 4 small trials takes a few minutes; on a
+# crowded 2-core machine (DeepSpeed's first JIT build included) it has taken ~15.
+pytestmark = pytest.mark.timeout(1800)
+
+NAME = "tune-e2e"
+SAMPLES = 4
+# A tiny budget: the smoke preset, one Ray Train worker and at most 2 epochs per trial.
+TUNE_ARGS = ("--config", "digits_cnn_smoke", "--samples", str(SAMPLES), "--name", NAME)
+TUNE_ARGS += ("--set", "num_workers=1", "--set", "epochs=2")
+
+
+@dataclass(frozen=True)
+class Interrupted:
+    """What the test saw before killing the driver, and the resumed job's output."""
+
+    finished_before: dict  # trial id -> its MLflow run, finished before the kill
+    history_before: dict  # trial id -> its val_accuracy history then
+    resumed_stdout: str
+
+
+@pytest.fixture(scope="module")
+def registry(local_cluster: Settings) -> Registry:
+    # The digits shards, unless an earlier test ingested them (ingest is deterministic).
+    if not storage.exists(f"{local_cluster.storage_root}/datasets/digits/manifest.json"):
+        ingest(IngestConfig(), local_cluster.storage_root)
+    return Registry(local_cluster.mlflow_uri, f"{local_cluster.storage_root}/mlflow")
+
+
+def trial_runs(registry: Registry) -> list:
+    """Every MLflow run of the experiment's trials."""
+    return registry.client.search_runs(
+        [registry.experiment("digits")],
+        filter_string=f"tags.`{EXPERIMENT_TAG}` = '{NAME}' and tags.`{TRIAL_TAG}` != ''",
+    )
+
+
+def finished_runs(registry: Registry) -> dict:
+    runs = trial_runs(registry)
+    return {r.data.tags[TRIAL_TAG]: r for r in runs if r.info.status == "FINISHED"}
+
+
+@pytest.fixture(scope="module")
+def interrupted(local_cluster, registry, submit, repo_root) -> Interrupted:
+    """Submit the experiment, SIGKILL its driver once a trial has finished, then resume."""
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    address = ["--address", local_cluster.dashboard_url, "--working-dir", "."]
+    subprocess.run(
+        [ray_cli, "job", "submit", *address, "--submission-id", NAME, "--no-wait", "--",
+         "python", "-m", "jobs.tune", *TUNE_ARGS],
+        cwd=repo_root, env=os.environ, check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    wait_for_condition(lambda: finished_runs(registry), timeout=1200, retry_interval_ms=1000)
+    before = finished_runs(registry)
+    history = {
+        trial: registry.client.get_metric_history(run.info.run_id, "val_accuracy")
+        for trial, run in before.items()
+    }
+    client = JobSubmissionClient(local_cluster.dashboard_url)
+    os.kill(int(client.get_job_info(NAME).driver_info.pid), signal.SIGKILL)
+    wait_for_condition(
+        lambda: client.get_job_status(NAME) in (JobStatus.FAILED, JobStatus.STOPPED),
+        timeout=120,
+    )
+    assert len(before) < SAMPLES, "every trial finished before the kill: nothing to restore"
+    out = submit("python", "-m", "jobs.tune", "--name", NAME, "--resume").stdout
+    assert f"[tune] resuming {NAME}:" in out, out[-3000:]
+    return Interrupted(before, history, out)
+
+
+def test_tune_registers_the_best_trial_as_candidate(interrupted, local_cluster, registry):
+    out = interrupted.resumed_stdout
+    candidate = registry.resolve(f"digits@{CANDIDATE}")
+    assert f"alias candidate -> digits version {candidate.version}" in out, out[-3000:]
+    trial_run = registry.client.get_run(candidate.run_id)
+    parent = trial_run.data.tags["mlflow.parentRunId"]
+    assert registry.client.get_run(parent).info.status == "FINISHED"
+    assert candidate.tags[EXPERIMENT_TAG] == NAME
+    assert candidate.tags[TRIAL_TAG] == trial_run.data.tags[TRIAL_TAG]
+    assert candidate.tags[DATA_TAG] and candidate.tags[GIT_TAG] and candidate.manifest_sha256
+
+    folder = Path(local_cluster.storage_root) / "ray_tune" / NAME
+    assert (folder / "tune_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with (folder / "tune_summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    (best,) = [row for row in rows if row["trial"] == candidate.tags[TRIAL_TAG]]
+    assert len(rows) == SAMPLES and best["last_val_accuracy"] == rows[0]["last_val_accuracy"]
+    assert "[tune] | trial | status |" in out  # the table, in the job log too
+    logged = {a.path for a in registry.client.list_artifacts(parent)}
+    assert {"tune_curves.png", "tune_summary.csv", "tune_summary.md"} <= logged
+
+
+def test_killed_driver_restores_and_no_finished_trial_runs_again(
+    interrupted, local_cluster, registry
+):
+    """F7: every trial ended exactly once; the ones finished before the kill never ran again."""
+    runs = trial_runs(registry)
+    trials = [r.data.tags[TRIAL_TAG] for r in runs]
+    assert len(trials) == SAMPLES == len(set(trials)), trials  # one run per trial, ever
+    statuses = {r.info.run_name: r.info.status for r in runs}
+    assert set(statuses.values()) == {"FINISHED"}, statuses
+    for run in runs:
+        trial = run.data.tags[TRIAL_TAG]
+        if trial in interrupted.finished_before:
+            assert run.info.end_time == interrupted.finished_before[trial].info.end_time
+            after = registry.client.get_metric_history(run.info.run_id, "val_accuracy")
+            before = interrupted.history_before[trial]
+            assert [(m.step, m.value) for m in after] == [(m.step, m.value) for m in before]
+    from ray.tune import ExperimentAnalysis  # Tune's own record of the experiment
+
+    analysis = ExperimentAnalysis(str(Path(local_cluster.storage_root) / "ray_tune" / NAME))
+    assert sorted(t.trial_id for t in analysis.trials) == sorted(trials)
+    assert {t.status for t in analysis.trials} == {"TERMINATED"}
