@@ -389,7 +389,7 @@ def publish_best(results, ctx: TrialContext):
     registry = ctx.registry()
     fs, _ = storage.resolve(ctx.settings.storage_root)
     checkpoint = ray.train.Checkpoint(best.metrics[CHECKPOINT_PATH_KEY], filesystem=fs)
-    model = load_model(cfg, ray.train.Result(best.metrics, checkpoint, None, best.path))
+    model = load_model(cfg, checkpoint)
     run = find_trial_run(registry, ctx.job, trial_id)
     tags = {
         GIT_TAG: ctx.git_sha,

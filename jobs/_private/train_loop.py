@@ -302,17 +302,18 @@ def train_func(config: dict) -> None:
             engine.backward(loss)
             before = engine.global_steps
             engine.step()
-            loss_sum, rows = loss_sum + loss.item() * n, rows + n
+            value = loss.item()  # one device sync per step
+            loss_sum, rows = loss_sum + value * n, rows + n
             step = engine.global_steps
             if step == before:
                 continue  # inside a gradient accumulation window
-            rate = rows * world / max(time.monotonic() - t0, 1e-9)
-            metrics_out.on_step(step, loss.item(), n, rate / world)
+            rate = rows / max(time.monotonic() - t0, 1e-9)  # this worker's rows/s
+            metrics_out.on_step(step, value, n, rate)
             if rank == 0 and cfg.log_every and step % cfg.log_every == 0:
                 done = (step - start_step) / max(time.monotonic() - started, 1e-9)
                 progress(
-                    f"[train] step {step}/{total_steps} loss={loss.item():.4f} "
-                    f"{rate:.0f} rows/s eta {(total_steps - step) / max(done, 1e-9):.0f}s"
+                    f"[train] step {step}/{total_steps} loss={value:.4f} "
+                    f"{rate * world:.0f} rows/s eta {(total_steps - step) / max(done, 1e-9):.0f}s"
                 )
         loss_sum, rows = _all_reduce_sum(loss_sum, rows)
         elapsed = time.monotonic() - t0

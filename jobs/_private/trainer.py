@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import ray
-from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from torch import nn
 
@@ -71,9 +71,9 @@ def make_trainer(
     )
 
 
-def load_model(cfg: TrainConfig, result: Result) -> nn.Module:
-    """The trained model from a finished run's last checkpoint (full weights, rank 0's)."""
-    with result.checkpoint.as_directory() as folder:
+def load_model(cfg: TrainConfig, checkpoint: Checkpoint) -> nn.Module:
+    """The trained model from a run's checkpoint (the full weights rank 0 wrote)."""
+    with checkpoint.as_directory() as folder:
         return load_weights(
             build_model(cfg.architecture, **cfg.model_options), Path(folder) / WEIGHTS
         )
@@ -83,4 +83,4 @@ def fit(
     cfg: TrainConfig, manifest: Manifest, settings: Settings, run_id: str, **extra
 ) -> nn.Module:
     """Run the training function on ``cfg.num_workers`` Ray Train workers; return the model."""
-    return load_model(cfg, make_trainer(cfg, manifest, settings, run_id, **extra).fit())
+    return load_model(cfg, make_trainer(cfg, manifest, settings, run_id, **extra).fit().checkpoint)
