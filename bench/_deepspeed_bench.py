@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jobs._private.train_loop import deepspeed_config
+from jobs._private.deepspeed_setup import deepspeed_config
 from jobs.configs import TrainConfig
 from jobs.dataset import dataset_uri, read_manifest
 from models.zoo import build_model

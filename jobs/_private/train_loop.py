@@ -30,53 +30,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from jobs._private.checkpoints import CheckpointError, load_shards, save_shard
+from jobs._private.deepspeed_setup import initialize
 from jobs._private.train_metrics import TrainMetrics
 from jobs.configs import TrainConfig
 from models.weights import save_weights
-from models.zoo import LM, architecture, build_model
+from models.zoo import LM, architecture
 
 WEIGHTS = "model.safetensors"
-
-
-def deepspeed_config(cfg: TrainConfig, world_size: int, bf16: bool) -> dict:
-    """DeepSpeed's config for ``cfg``: ZeRO stage and offload, batch sizes, clipping, dtype.
-
-    With optimizer offload DeepSpeed builds the optimizer itself (DeepSpeedCPUAdam, which
-    runs the Adam step on the CPU); otherwise the loop passes in a torch AdamW.
-    """
-    zero: dict = {"stage": cfg.zero_stage}
-    if cfg.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cfg.use_gpu}
-    if cfg.offload_params:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": cfg.use_gpu}
-    config = {
-        "train_micro_batch_size_per_gpu": cfg.batch_size,
-        "gradient_accumulation_steps": cfg.grad_accum,
-        "train_batch_size": cfg.batch_size * cfg.grad_accum * world_size,
-        "zero_optimization": zero,
-        "bf16": {"enabled": bf16},
-        "steps_per_print": 2**31 - 1,  # progress is printed by this loop, once per epoch
-    }
-    if cfg.grad_clip > 0:
-        config["gradient_clipping"] = cfg.grad_clip
-    if cfg.offload_optimizer:
-        config["optimizer"] = {
-            "type": "AdamW",
-            "params": {"lr": cfg.lr, "weight_decay": cfg.weight_decay},
-        }
-    return config
-
-
-def warmup_cosine(total_steps: int, warmup_steps: int, floor: float = 0.05):
-    """LR multiplier: linear warmup to 1, then cosine decay to ``floor``."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
 
 
 def progress(line: str) -> None:
@@ -243,33 +203,15 @@ def _mlflow_logger(config: dict):
 
 
 def train_func(config: dict) -> None:
-    import deepspeed  # imported on the worker: heavy, and it probes the accelerator here
-
     # DeepSpeed calls this deprecated collective on every step; the warning would flood the
     # job log (and, through Ray's log pipe, slow the step) without anything to act on.
     warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated")
     cfg = TrainConfig(**config["train"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.architecture, **cfg.model_options)
-    bf16 = cfg.use_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    ds_config = deepspeed_config(cfg, world, bf16)
-    dtype = torch.bfloat16 if bf16 else torch.float32
     # The schedule steps once per optimizer step, i.e. every grad_accum micro-batches.
     steps_per_epoch = max(1, config["steps_per_epoch"] // cfg.grad_accum)
-    total_steps = cfg.epochs * steps_per_epoch
-    factor = warmup_cosine(total_steps, min(steps_per_epoch, max(1, total_steps // 10)))
-    optimizer = None
-    if "optimizer" not in ds_config:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        model_parameters=model.parameters(),
-        optimizer=optimizer,
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
-        config=ds_config,
-    )
+    engine, dtype, total_steps = initialize(cfg, world, steps_per_epoch)
     progress(
         f"[train] worker rank {rank}/{world} pid {os.getpid()} on {ray.util.get_node_ip_address()}"
     )

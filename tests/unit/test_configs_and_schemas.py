@@ -66,7 +66,7 @@ def test_predictor_config_rejects_unknown_keys():
 
 
 def test_deepspeed_config_follows_the_preset():
-    from jobs._private.train_loop import deepspeed_config
+    from jobs._private.deepspeed_setup import deepspeed_config
 
     zero2 = deepspeed_config(preset("digits_cnn"), world_size=2, bf16=False)
     assert zero2["zero_optimization"] == {"stage": 2} and "optimizer" not in zero2
