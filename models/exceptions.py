@@ -32,3 +32,7 @@ class ArtifactIntegrityError(ModelError):
 
 class ParityError(ModelError):
     """The ONNX export disagrees with the torch model beyond tolerance."""
+
+
+class IncompatibleModel(ModelError, ValueError):
+    """A version exists but cannot do what was asked, e.g. a classifier asked to generate."""

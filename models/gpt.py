@@ -149,6 +149,24 @@ class GPT(nn.Module):
         return logits, loss
 
     @torch.no_grad()
+    def next_token(
+        self,
+        idx: torch.Tensor,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Sample one token after each row of ``idx`` (B, T); returns (B, 1).
+
+        The model sees the last ``block_size`` tokens only: a longer context is cut on the left.
+        """
+        logits = self(idx[:, -self.cfg.block_size :])[0][:, -1, :] / max(temperature, 1e-6)
+        if top_k is not None:
+            kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+
+    @torch.no_grad()
     def generate(
         self,
         idx: torch.Tensor,
@@ -159,13 +177,7 @@ class GPT(nn.Module):
     ) -> torch.Tensor:
         """Sample ``max_new_tokens`` after ``idx`` (B, T); returns (B, T + max_new_tokens)."""
         for _ in range(max_new_tokens):
-            context = idx[:, -self.cfg.block_size :]
-            logits = self(context)[0][:, -1, :] / max(temperature, 1e-6)
-            if top_k is not None:
-                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
-            idx = torch.cat([idx, nxt], dim=1)
+            idx = torch.cat([idx, self.next_token(idx, temperature, top_k, generator)], dim=1)
         return idx
 
 

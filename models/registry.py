@@ -301,6 +301,18 @@ class Registry:
             )
         return event
 
+    def remove_alias(self, name: str, alias: str) -> int | None:
+        """Delete ``alias`` (a release that ended); the version it pointed at, or None."""
+        check_name(alias, "alias")
+        before = self._aliases(name).get(alias)
+        if before is not None:
+            _retry(self.client.delete_registered_model_alias, name, alias)
+        return before
+
+    def tag_version(self, name: str, version: int, key: str, value: str) -> None:
+        """Set a tag on a version (e.g. why a release rolled it back)."""
+        _retry(self.client.set_model_version_tag, name, str(version), key, value[:5000])
+
     def _record(
         self, name: str, alias: str, before: int | None, after: int, reason: str
     ) -> AliasEvent:
@@ -344,6 +356,14 @@ class Registry:
             )
             for m in sorted(models, key=lambda m: m.name)
         ]
+
+    def all_aliases(self) -> dict[str, dict[str, int]]:
+        """Every registered model's aliases, in one listing (what serves polls)."""
+        models = get_results_from_paginated_fn(
+            lambda n, token: self.client.search_registered_models(max_results=n, page_token=token),
+            max_results_per_page=100,
+        )
+        return {m.name: {a: int(v) for a, v in m.aliases.items()} for m in models}
 
     def _latest(self, name: str) -> int | None:
         newest = self.client.search_model_versions(

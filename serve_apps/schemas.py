@@ -30,6 +30,25 @@ class PredictResponse(BaseModel):
     version: int = Field(description="The model version that answered.")
     predictions: list[int] = Field(description="Predicted class per instance.")
     probabilities: list[list[float]] = Field(description="Class probabilities per instance.")
+    request_id: str | None = Field(None, description="Quote it when sending labels back.")
+
+
+class FeedbackRequest(BaseModel):
+    """The true labels of an earlier request's instances, in the same order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(
+        pattern=r"^[A-Za-z0-9._:-]{1,128}$", description="The X-Request-ID of the prediction."
+    )
+    labels: list[Annotated[int, Field(strict=True, ge=0)]] = Field(min_length=1, max_length=4096)
+
+
+class FeedbackResponse(BaseModel):
+    request_id: str
+    accuracy: dict[int, float] = Field(
+        description="Per version that answered the request: share of labels it got right."
+    )
 
 
 class ModelInfo(BaseModel):
@@ -58,7 +77,15 @@ class GatewayConfig(BaseModel):
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Request body cap (413 above).")
     max_instances: int = Field(256, ge=1, description="Instances per request (422 above).")
     upstream_timeout_s: float = Field(10.0, gt=0, description="Predictor timeout (504 after).")
-    catalog_ttl_s: float = Field(2.0, ge=0, description="How long model metadata is cached.")
+    catalog_ttl_s: float = Field(
+        1.0, ge=0, description="How long the routing table (versions, releases) is cached."
+    )
+    outcomes_flush_s: float = Field(
+        0.5, gt=0, description="How often answer outcomes go to the release controller."
+    )
+    controller_timeout_s: float = Field(
+        1.0, gt=0, description="How long a call to the release controller may take."
+    )
     rate_lease_s: float = Field(
         0.1,
         gt=0,
@@ -76,12 +103,8 @@ class PredictorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    models: list[str] = Field(["digits"], min_length=1, description="Registered models to serve.")
     max_batch_size: int = Field(32, ge=1, le=1024, description="Requests per ONNX Runtime call.")
     batch_wait_timeout_s: float = Field(
         0.002, ge=0, le=1, description="How long a batch waits to fill."
-    )
-    refresh_interval_s: float = Field(
-        5.0, gt=0, description="How often the `champion` alias is re-read."
     )
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads (0 = ORT default).")

@@ -72,3 +72,9 @@ def validation_message(err: ValidationError, limit: int = 3) -> str:
         parts.append(f"{where or 'body'}: {e['msg']}")
     more = len(err.errors()) - limit
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def safe_header(request: Request, name: str) -> str | None:
+    """A header value usable as an identifier (same alphabet as request ids), else None."""
+    value = request.headers.get(name, "")
+    return value if _SAFE_REQUEST_ID.fullmatch(value) else None

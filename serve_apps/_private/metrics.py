@@ -1,0 +1,74 @@
+"""Prometheus metrics of the model API, per model, version and key (Ray Serve metrics: they
+reach Prometheus through each node's metrics agent and show on the Ray dashboard, with the
+deployment, replica and application tags Serve adds).
+
+    aimass_requests_total{model, version, key, status}    answers by HTTP status
+    aimass_request_latency_ms{model, version}              time to the answer's first byte
+    aimass_rejections_total{reason, key}                   4xx/5xx by error code
+    aimass_batch_size{model, version}                      requests per ONNX Runtime call
+
+The release controller exports the canary share (``aimass_release_candidate_share``).
+Key tags carry the key's id, never the secret.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from fastapi import Request
+
+LATENCY_BUCKETS_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
+BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        from ray.serve.metrics import Counter, Histogram
+
+        self.requests = Counter(
+            "aimass_requests",
+            description="Model API answers by model, version, API key id and HTTP status.",
+            tag_keys=("model", "version", "key", "status"),
+        )
+        self.latency = Histogram(
+            "aimass_request_latency_ms",
+            description="Gateway time to the first byte of the answer, in milliseconds.",
+            boundaries=LATENCY_BUCKETS_MS,
+            tag_keys=("model", "version"),
+        )
+        self.rejections = Counter(
+            "aimass_rejections",
+            description="Requests answered with an error, by error code and API key id.",
+            tag_keys=("reason", "key"),
+        )
+
+    def observe(self, request: Request, status: int, seconds: float) -> None:
+        state = request.state
+        model = getattr(state, "model", "")
+        version = str(getattr(state, "version", ""))
+        key = getattr(state, "key", "")
+        self.requests.inc(
+            tags={"model": model, "version": version, "key": key, "status": str(status)}
+        )
+        if status < 400:
+            self.latency.observe(seconds * 1e3, tags={"model": model, "version": version})
+        else:
+            self.rejections.inc(tags={"reason": getattr(state, "error", str(status)), "key": key})
+
+
+@functools.cache
+def gateway_metrics() -> GatewayMetrics:
+    """One set per replica process, made on first use (never in the deploying process)."""
+    return GatewayMetrics()
+
+
+@functools.cache
+def batch_sizes():
+    from ray.serve.metrics import Histogram
+
+    return Histogram(
+        "aimass_batch_size",
+        description="Requests per ONNX Runtime call, by model and version.",
+        boundaries=BATCH_BUCKETS,
+        tag_keys=("model", "version"),
+    )

@@ -1,0 +1,299 @@
+"""The Generator deployment: streams text from GPT versions in the registry, token by token.
+
+A request names the version it wants as Serve's multiplexed model id, ``name:version``
+(header ``serve_multiplexed_model_id`` over HTTP, ``multiplexed_model_id`` on a handle).
+Serve routes it to a replica that has that version loaded when there is one, and each
+replica keeps its ``max_models_per_replica`` most recently used versions. Ids name version
+numbers, not aliases: a cached id must mean the same weights for as long as it is cached.
+
+    handle = generator.options(stream=True, multiplexed_model_id="shakespeare:3")
+    async for piece in handle.generate.remote("To be", 64, 0.8, 40, None):
+        ...
+
+Every forward runs on one dedicated thread, one token at a time: concurrent streams on a
+replica take turns token by token, and the event loop stays free to send what is ready.
+Each token is an ``await``, so a cancelled stream (the HTTP client went away) stops at its
+next token: the forward already running finishes, its token is dropped, none follows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+import tempfile
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from ray import serve
+
+from cluster import storage
+from cluster.settings import get_settings
+from models import package
+from models.exceptions import IncompatibleModel
+from models.gpt import GPT, encode
+from models.registry import Registry
+from models.weights import load_weights
+from models.zoo import LM, architecture, build_model
+from serve_apps._private.model_ids import parse_model_id
+from serve_apps.schemas import FiniteFloat
+
+logger = logging.getLogger("ray.serve")
+
+_LIMITS = "limits"  # validation context key: the GeneratorConfig a request must fit
+
+
+class GeneratorConfig(BaseModel):
+    """Generator tunables (``user_config`` of the Generator deployment), changeable live."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_prompt_chars: int = Field(
+        2048, ge=1, le=1_000_000, description="Longest prompt accepted, in characters."
+    )
+    max_new_tokens: int = Field(
+        256, ge=1, le=100_000, description="Most tokens (bytes) one request may ask for."
+    )
+    threads: int = Field(
+        1, ge=1, le=256, description="torch intra-op threads per forward (torch.set_num_threads)."
+    )
+    max_models_per_replica: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Model versions a replica keeps loaded (least recently used goes first). "
+        "Fixed at a replica's first request: a later change applies to replicas started after it.",
+    )
+
+
+class GenerateRequest(BaseModel):
+    """Text to continue, and how to sample the continuation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(
+        min_length=1,
+        description="Text to continue. Tokens are UTF-8 bytes; a prompt longer than the "
+        "model's block_size bytes is cut to its last block_size bytes.",
+        examples=["Once upon a time"],
+    )
+    max_new_tokens: int = Field(
+        64,
+        ge=1,
+        strict=True,
+        description="Tokens to sample: each is one byte, so a character may take up to 4. "
+        "At most the server's limit (256 by default).",
+    )
+    temperature: FiniteFloat = Field(
+        1.0,
+        gt=0,
+        le=5,
+        description="Divides the logits: below 1 sharper and more predictable, above 1 flatter.",
+    )
+    top_k: int | None = Field(
+        None,
+        ge=1,
+        strict=True,
+        description="Sample from the k most likely tokens only; null samples from all of them.",
+    )
+    seed: int | None = Field(
+        None,
+        ge=0,
+        lt=2**63,
+        strict=True,
+        description="Random seed: the same seed, prompt and model version give the same text. "
+        "Null draws a fresh one.",
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_within_limit(cls, prompt: str, info: ValidationInfo) -> str:
+        limits: GeneratorConfig | None = (info.context or {}).get(_LIMITS)
+        if limits is not None and len(prompt) > limits.max_prompt_chars:
+            raise ValueError(
+                f"{len(prompt)} characters; this server takes at most "
+                f"{limits.max_prompt_chars}: send the end of your text only"
+            )
+        return prompt
+
+    @field_validator("max_new_tokens")
+    @classmethod
+    def _tokens_within_limit(cls, tokens: int, info: ValidationInfo) -> int:
+        limits: GeneratorConfig | None = (info.context or {}).get(_LIMITS)
+        if limits is not None and tokens > limits.max_new_tokens:
+            raise ValueError(
+                f"{tokens} asked; this server samples at most {limits.max_new_tokens} per "
+                "request: ask for fewer and continue from the text you got"
+            )
+        return tokens
+
+
+@dataclass(frozen=True, slots=True, weakref_slot=True)
+class LoadedLM:
+    """A GPT version ready to sample from."""
+
+    name: str
+    version: int
+    model: GPT
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+def load_lm(folder: Path, name: str, version: int) -> LoadedLM:
+    """Build the GPT a (verified) package describes and load its safetensors weights."""
+    config = package.PackageConfig.read(folder)
+    if architecture(config.architecture).task != LM:
+        raise IncompatibleModel(
+            f"{name}:{version} is a {config.architecture!r} model, not a language model: "
+            "generate from a version of a 'gpt' model.",
+            model=name,
+            version=str(version),
+            architecture=config.architecture,
+        )
+    model = build_model(config.architecture, **config.options)
+    load_weights(model, folder / package.WEIGHTS_FILE)
+    return LoadedLM(name, version, model.eval())
+
+
+@serve.deployment
+class Generator:
+    """Streams text from GPT versions of the registry.
+
+    Args:
+        registry: Where versions come from; by default the one the cluster settings name.
+    """
+
+    def __init__(self, registry: Registry | None = None) -> None:
+        # One thread for every forward: streams take turns per token, and torch's own
+        # intra-op threads (config.threads) parallelise within each forward.
+        self._forwards = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generator-forward")
+        if registry is None:
+            settings = get_settings()
+            registry = Registry(settings.mlflow_uri, storage.join(settings.storage_root, "mlflow"))
+        self.registry = registry
+        self.config = GeneratorConfig()
+        self._multiplexed: Callable[[str], Awaitable[LoadedLM]] | None = None
+        # Versions alive in this process: cached by the multiplexer or still streaming.
+        self._loaded: weakref.WeakValueDictionary[str, LoadedLM] = weakref.WeakValueDictionary()
+
+    def reconfigure(self, user_config: dict) -> None:
+        config = GeneratorConfig(**user_config)
+        kept = self.config.max_models_per_replica
+        if self._multiplexed is not None and config.max_models_per_replica != kept:
+            # Serve's multiplexer takes its size once; a new one would strand the old cache.
+            logger.warning(
+                "max_models_per_replica %d applies to replicas started from now on; this one "
+                "keeps %d",
+                config.max_models_per_replica,
+                kept,
+            )
+            config = config.model_copy(update={"max_models_per_replica": kept})
+        self.config = config
+
+    async def check_health(self) -> None:
+        """Healthy while the forward thread takes work: a stuck forward stalls every stream."""
+        await asyncio.get_running_loop().run_in_executor(self._forwards, lambda: None)
+
+    def loaded(self) -> list[str]:
+        """The model ids (``name:version``) this replica holds in memory now."""
+        return sorted(self._loaded)
+
+    async def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int,
+        temperature: float,
+        top_k: int | None,
+        seed: int | None,
+    ) -> AsyncIterator[str]:
+        """Stream the continuation of ``prompt`` from the version the request's model id names.
+
+        Yields a piece of text each time a token completes one or more characters (tokens are
+        bytes); an incomplete character left at the end comes last, as U+FFFD.
+
+        Raises:
+            pydantic.ValidationError: An argument is out of range or over this server's limits.
+            InvalidModelRef: The multiplexed model id is not ``name:version``.
+            ModelNotFound: No such version in the registry.
+            IncompatibleModel: The version is not a language model.
+        """
+        request = GenerateRequest.model_validate(
+            {
+                "prompt": prompt,
+                "max_new_tokens": max_new_tokens,
+                "temperature": temperature,
+                "top_k": top_k,
+                "seed": seed,
+            },
+            context={_LIMITS: self.config},
+        )
+        lm = await self._model()
+        rng = torch.Generator()
+        if request.seed is None:
+            rng.seed()
+        else:
+            rng.manual_seed(request.seed)
+        idx = torch.tensor([encode(request.prompt)[-lm.model.cfg.block_size :]])  # (1, T)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        loop = asyncio.get_running_loop()
+        produced = 0
+        try:
+            while produced < request.max_new_tokens:
+                idx, token = await loop.run_in_executor(
+                    self._forwards, self._step, lm.model, idx, request, rng
+                )
+                produced += 1
+                if piece := decoder.decode(bytes([token])):
+                    yield piece
+        except (asyncio.CancelledError, GeneratorExit):
+            logger.info("generation from %s cancelled after %d tokens", lm.model_id, produced)
+            raise
+        if tail := decoder.decode(b"", final=True):
+            yield tail
+
+    def _step(
+        self, model: GPT, idx: torch.Tensor, request: GenerateRequest, rng: torch.Generator
+    ) -> tuple[torch.Tensor, int]:
+        """One token after ``idx`` (1, T); returns the context to sample the next one from."""
+        # On the forward thread: torch's thread count (OpenMP) and inference mode are per thread.
+        if torch.get_num_threads() != self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        with torch.inference_mode():
+            nxt = model.next_token(idx, request.temperature, request.top_k, rng)  # (1, 1)
+            return torch.cat([idx, nxt], dim=1)[:, -model.cfg.block_size :], int(nxt)
+
+    async def _model(self) -> LoadedLM:
+        model_id = serve.get_multiplexed_model_id()
+        parse_model_id(model_id)  # a malformed id fails here, before Serve's multiplexer
+        if self._multiplexed is None:
+
+            async def load(model_id: str) -> LoadedLM:  # a function: Serve's wrapper needs one
+                return await self._load(model_id)
+
+            self._multiplexed = serve.multiplexed(
+                max_num_models_per_replica=self.config.max_models_per_replica
+            )(load)
+        return await self._multiplexed(model_id)
+
+    async def _load(self, model_id: str) -> LoadedLM:
+        name, version = parse_model_id(model_id)
+        lm = await asyncio.to_thread(self._fetch_and_build, name, version)
+        self._loaded[model_id] = lm
+        logger.info("loaded %s (%s)", model_id, lm.model.cfg)
+        return lm
+
+    def _fetch_and_build(self, name: str, version: int) -> LoadedLM:
+        info = self.registry.get(name, version)
+        # The weights end up in memory: the downloaded package is not needed after.
+        with tempfile.TemporaryDirectory(prefix=f"aimass-{name}-v{version}-") as tmp:
+            return load_lm(self.registry.fetch(info, Path(tmp)), name, version)
+
+    def __del__(self) -> None:
+        self._forwards.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,209 @@
+"""Releases over real HTTP: a bad candidate is rolled back with no human action, a good one
+reaches 100 %, and no client request fails during either switch; pinned versions, feedback.
+
+Each release is a real `ray job submit ... -- python -m jobs.release` while a bounded client
+load (loopback, a ledger of every request) runs against the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from cluster.deploy import wait_for_version
+from jobs._private.publish import publish
+from jobs.dataset import dataset_uri, read_manifest
+from models.zoo import build_model
+
+DIGITS = load_digits()
+LOAD_LIMIT_S, IN_FLIGHT = 150, 6
+
+
+def _new_run(served, name: str) -> str:
+    registry = served.registry
+    return registry.client.create_run(registry.experiment("e2e-release"), run_name=name).info.run_id
+
+
+def _register_copy_of_champion(served) -> int:
+    """A new version with the champion's very package: it agrees with the champion."""
+    registry = served.registry
+    champion = registry.resolve("digits@champion")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = registry.fetch(champion, Path(tmp))
+        info = registry.register("digits", _new_run(served, "copy"), folder, tags={"e2e": "good"})
+    return info.version
+
+
+def _register_untrained(served) -> int:
+    """A new version of the same shape with random weights: it disagrees with the champion."""
+    manifest = read_manifest(dataset_uri(served.settings.storage_root, "digits"))
+    info, _ = publish(
+        build_model("digits_cnn"),
+        "digits_cnn",
+        {},
+        "digits",
+        manifest,
+        served.registry,
+        _new_run(served, "untrained"),
+        tags={"e2e": "bad"},
+    )
+    return info.version
+
+
+async def _load(served, running: threading.Event, ledger: list) -> None:
+    """IN_FLIGHT clients, each request a random user, until ``running`` clears."""
+    headers = {"X-API-Key": served.key}
+    deadline = time.monotonic() + LOAD_LIMIT_S
+
+    async def client(http: httpx.AsyncClient, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        while running.is_set() and time.monotonic() < deadline:
+            i = int(rng.integers(len(DIGITS.target)))
+            rid = uuid.uuid4().hex
+            body = {"instances": [DIGITS.data[i].tolist()]}
+            h = headers | {"X-User-ID": uuid.uuid4().hex, "X-Request-ID": rid}
+            try:
+                r = await http.post(served.predict_url, json=body, headers=h)
+                version = r.json().get("version") if r.status_code == 200 else None
+                ledger.append((rid, r.status_code, version))
+            except httpx.HTTPError as err:
+                ledger.append((rid, type(err).__name__, None))
+
+    async with httpx.AsyncClient(timeout=30) as http:
+        await asyncio.gather(*(client(http, s) for s in range(IN_FLIGHT)))
+
+
+def _release_under_load(served, submit, *flags: str):
+    """Submit a release and keep the load on until the job ends; (job, ledger)."""
+    running, ledger, result = threading.Event(), [], {}
+    running.set()
+
+    def release() -> None:
+        try:
+            result["proc"] = submit(
+                "python",
+                "-m",
+                "jobs.release",
+                "--model",
+                "digits",
+                "--min-step-s",
+                "2",
+                "--min-requests",
+                "20",
+                *flags,
+                expect_ok=False,
+            )
+        finally:
+            running.clear()
+
+    thread = threading.Thread(target=release)
+    thread.start()
+    asyncio.run(_load(served, running, ledger))
+    thread.join(timeout=60)
+    assert "proc" in result, "the release job did not end within the load's time limit"
+    return result["proc"], ledger
+
+
+def _failures(ledger: list) -> list:
+    return [entry for entry in ledger if entry[1] != 200]
+
+
+def test_a_bad_candidate_is_rolled_back_by_itself_with_no_failed_request(served, submit):
+    champion = served.registry.resolve("digits@champion").version
+    bad = _register_untrained(served)
+    proc, ledger = _release_under_load(served, submit, "--candidate", str(bad), "--steps", "25,100")
+    out = proc.stdout
+    assert proc.returncode == 1, out[-3000:]
+    assert "rollback" in out and "agreement with the champion" in out, out[-3000:]
+    assert _failures(ledger) == [] and len(ledger) > 40
+    answered = {v for _, _, v in ledger}
+    assert bad in answered and champion in answered  # the canary really served traffic
+    assert served.registry.resolve("digits@champion").version == champion
+    with pytest.raises(Exception, match="candidate"):
+        served.registry.resolve("digits@candidate")
+    tags = served.registry.client.get_model_version("digits", str(bad)).tags
+    assert tags["aimass.release"].startswith("rolled_back")
+    wait_for_version(served.settings, served.key, "digits", champion)
+
+
+def test_a_good_candidate_reaches_full_traffic_with_no_failed_request(served, submit):
+    before = served.registry.resolve("digits@champion").version
+    good = _register_copy_of_champion(served)
+    # The first answers of a version include loading it: allow for that in the p95 check.
+    proc, ledger = _release_under_load(
+        served,
+        submit,
+        "--candidate",
+        str(good),
+        "--steps",
+        "20,50,100",
+        "--latency-slack-ms",
+        "250",
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:]
+    assert out.count("step: to") == 2 and "promote" in out and "promoted" in out, out[-3000:]
+    assert _failures(ledger) == [] and len(ledger) > 60
+    assert served.registry.resolve("digits@champion").version == good
+    wait_for_version(served.settings, served.key, "digits", good)
+    served.registry.promote("digits", before, reason="e2e: restore the session's champion")
+    wait_for_version(served.settings, served.key, "digits", before)
+
+
+def _predict(served, url: str, rid: str | None = None, rows: int = 3) -> httpx.Response:
+    headers = {"X-API-Key": served.key} | ({"X-Request-ID": rid} if rid else {})
+    body = {"instances": DIGITS.data[:rows].tolist()}
+    return httpx.post(url, json=body, headers=headers, timeout=30)
+
+
+def test_a_pinned_version_answers_and_bad_versions_are_refused(served):
+    base = f"{served.settings.serve_url}/v1/models/digits/versions"
+    r = _predict(served, f"{base}/{served.version}/predict")
+    assert r.status_code == 200 and r.json()["version"] == served.version
+    assert _predict(served, f"{base}/9999/predict").status_code == 404
+    assert _predict(served, f"{base}/0/predict").status_code == 422
+    assert _predict(served, f"{base}/one/predict").status_code == 422
+    traversal = f"{served.settings.serve_url}/v1/models/..%2F..%2Fetc/versions/1/predict"
+    assert _predict(served, traversal).status_code in (404, 422)
+
+
+def test_feedback_scores_the_version_that_answered(served):
+    rid = f"fb-{uuid.uuid4().hex}"
+    r = _predict(served, served.predict_url, rid)
+    assert r.status_code == 200 and r.json()["request_id"] == rid
+    version = r.json()["version"]
+    url = f"{served.settings.serve_url}/v1/models/digits/feedback"
+    headers = {"X-API-Key": served.key}
+    labels = DIGITS.target[:3].tolist()
+    # Outcomes reach the controller in batches: poll until this request's has.
+    deadline = time.monotonic() + 30
+    while (
+        fb := httpx.post(
+            url, json={"request_id": rid, "labels": labels}, headers=headers, timeout=10
+        )
+    ).status_code == 404 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert fb.status_code == 200, fb.text
+    assert fb.json()["accuracy"] == {str(version): 1.0}
+    bad = [
+        ({"request_id": "never-seen", "labels": [1]}, 404),
+        ({"request_id": rid, "labels": [1, 2]}, 422),
+        ({"request_id": rid, "labels": [-1, 0, 1]}, 422),
+        ({"request_id": "../x", "labels": [1]}, 422),
+        ({"request_id": rid}, 422),
+    ]
+    for body, status in bad:
+        got = httpx.post(url, json=body, headers=headers, timeout=10)
+        assert got.status_code == status, (body, got.text)
+    assert (
+        httpx.post(url, json={"request_id": rid, "labels": labels}, timeout=10).status_code == 401
+    )
