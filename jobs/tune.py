@@ -9,6 +9,9 @@ overrides) and the trial's sampled values: a driver function that fits a TorchTr
 forwards each epoch's metrics to Tune (``TuneReportCallback``), the Ray 2.60 pattern.
 ASHA stops weak trials early and Optuna's TPE proposes the next values by default
 (``--scheduler fifo`` runs every trial to the end, ``--search random`` samples at random).
+``--scheduler pbt`` is population based training: trials sampled at random run to the end
+and every ``--perturbation-interval`` epochs the weakest restarts from a stronger trial's
+checkpoint with that trial's values mutated (``run_trial`` says how a trial does that).
 The space defaults to lr, weight_decay and batch_size; ``--space`` replaces it, e.g.
 ``--space lr=loguniform:1e-4:1e-2 --space batch_size=choice:16,32,64``. Trials run as many
 at a time as the cluster's free CPUs (GPUs with ``--set use_gpu=true``) allow, one CPU kept
@@ -28,15 +31,19 @@ import argparse
 import csv
 import json
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import ray
 from mlflow.entities import Param as MlflowParam
 from ray import tune
-from ray.train import ScalingConfig
+from ray.train import ScalingConfig, UserCallback
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
+from ray.tune.schedulers import TrialScheduler
+from ray.util.queue import Queue
 
 from cluster import storage
 from cluster.settings import Settings, get_settings
@@ -53,6 +60,9 @@ STOPPED_EARLY_TAG = "aimass.tune_stopped_early"
 RESULT_TAG = "aimass.tune_result"
 """A finished trial's final result (JSON), which Tune is given again if the driver died
 before its own record of that trial's end."""
+START_TAG = "aimass.tune_started_from"
+"""PBT: the checkpoint a trial's current Train run started from (trial, epoch) and the
+trial's values then (JSON); the run's params keep its first values."""
 SPEC_FILE = "aimass_tune.json"
 EPOCHS = "epochs_done"
 """Epochs a trial's Train run has completed: Tune's own ``training_iteration`` restarts at
@@ -84,12 +94,30 @@ class TrialContext:
         )
 
 
+def with_epochs(metrics: dict) -> dict:
+    return {**metrics, EPOCHS: metrics["epoch"] + 1}
+
+
 class EpochReport(TuneReportCallback):
     """Tune's report callback, adding ``epochs_done`` to each report (see ``EPOCHS``)."""
 
     def after_report(self, run_context, metrics, checkpoint):
-        first = {**metrics[0], EPOCHS: metrics[0]["epoch"] + 1}
-        super().after_report(run_context, [first, *metrics[1:]], checkpoint)
+        super().after_report(run_context, [with_epochs(metrics[0]), *metrics[1:]], checkpoint)
+
+
+class CheckpointReport(UserCallback):
+    """PBT's report callback: each epoch's metrics (with ``epochs_done``) *and checkpoint*
+    go to the trial's driver (``fit_reporting_checkpoints``), which reports both to Tune.
+
+    ``TuneReportCallback`` passes metrics only, and PBT clones a trial from the checkpoint
+    Tune holds for it. The queue holds one epoch: the Train run waits for its driver.
+    """
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+
+    def after_report(self, run_context, metrics, checkpoint):
+        self.queue.put((with_epochs(metrics[0]), checkpoint))
 
 
 def experiment_uri(settings: Settings, name: str) -> str:
@@ -140,7 +168,13 @@ def open_trial_run(ctx: TrialContext, trial_id: str, cfg: TrainConfig) -> tuple[
 
 
 def run_trial(config: dict, ctx: TrialContext) -> dict | None:
-    """One trial: fit the preset with the sampled ``config`` on Ray Train, report to Tune."""
+    """One trial: fit the preset with the sampled ``config`` on Ray Train, report to Tune.
+
+    Under PBT each epoch's checkpoint goes to Tune too, and Tune may restart the trial from
+    one (``tune.get_checkpoint()``): another trial's when PBT exploits it, with this trial's
+    values mutated, or its own after a pause or a driver restart. The trial then fits a new
+    Train run that starts from that checkpoint (``start_from``).
+    """
     trial_id = tune.get_context().get_trial_id()
     cfg = ctx.job.trial(trial_id, config)
     run_id, finished = open_trial_run(ctx, trial_id, cfg)
@@ -149,26 +183,105 @@ def run_trial(config: dict, ctx: TrialContext) -> dict | None:
         # experiment: Tune gets its final result again; it is not trained again.
         print(f"[tune] trial {trial_id} had already finished (run {run_id}); not retraining")
         return finished
-    trainer = make_trainer(
-        cfg,
-        ctx.manifest,
-        ctx.settings,
-        run_id,
-        storage_path=storage.join(ctx.experiment_uri, "train"),
-        callbacks=[EpochReport()],
-    )
-    result = trainer.fit()  # metrics: those of its latest checkpoint, i.e. its last epoch
-    last = {
-        **result.metrics,
-        EPOCHS: result.metrics["epoch"] + 1,
-        CHECKPOINT_PATH_KEY: result.checkpoint.path,
-    }
+    extra = {}
+    if (checkpoint := tune.get_checkpoint()) is not None:
+        cfg = start_from(checkpoint, trial_id, config, cfg, ctx, run_id)
+        extra["init_checkpoint"] = checkpoint
+
+    def trainer(callbacks: list):
+        return make_trainer(
+            cfg,
+            ctx.manifest,
+            ctx.settings,
+            run_id,
+            storage_path=storage.join(ctx.experiment_uri, "train"),
+            callbacks=callbacks,
+            **extra,
+        )
+
+    if ctx.job.scheduler == "pbt":
+        values = {key: config[key] for key in ctx.job.space}
+        meta = {"trial": trial_id, "config": values}
+        result = fit_reporting_checkpoints(trainer, meta, cfg.epochs)
+    else:
+        result = trainer([EpochReport()]).fit()
+    # result.metrics: those of its latest checkpoint, i.e. its last epoch
+    last = {**with_epochs(result.metrics), CHECKPOINT_PATH_KEY: result.checkpoint.path}
     # Only a normal end is recorded here: a failure is recorded by the driver (TrialEvents),
     # because a trial that Tune stops, or whose driver dies, fails here on its way out.
     client = ctx.registry().client
     client.set_tag(run_id, RESULT_TAG, json.dumps(final_result(last, cfg.objective()[0])))
     client.set_terminated(run_id, status="FINISHED")
     return None
+
+
+def start_from(
+    checkpoint: tune.Checkpoint,
+    trial_id: str,
+    config: dict,
+    cfg: TrainConfig,
+    ctx: TrialContext,
+    run_id: str,
+) -> TrainConfig:
+    """The trial's config for a Train run starting from ``checkpoint`` (PBT), logged.
+
+    The run gets a name never used before: a run of an existing name would resume from
+    its own latest checkpoint, not this one.
+    """
+    meta = checkpoint.get_metadata()  # what fit_reporting_checkpoints wrote
+    donor, epoch = meta["trial"], meta["epoch"]
+    if donor == trial_id:
+        print(f"[tune] trial {trial_id} resumes from its checkpoint of epoch {epoch}", flush=True)
+    else:
+        changes = ", ".join(
+            f"{key} {_fmt(was)} -> {_fmt(config[key])}" for key, was in meta["config"].items()
+        )
+        print(
+            f"[tune] trial {trial_id} exploits {donor}'s checkpoint of epoch {epoch}, {changes}",
+            flush=True,
+        )
+    started = {"trial": donor, "epoch": epoch, "values": {k: config[k] for k in ctx.job.space}}
+    ctx.registry().client.set_tag(run_id, START_TAG, json.dumps(started))
+    return replace(cfg, name=f"{cfg.name}-from-{donor}-e{epoch}-{uuid.uuid4().hex[:6]}")
+
+
+def fit_reporting_checkpoints(trainer, meta: dict, epochs: int) -> ray.train.Result:
+    """Fit ``trainer(callbacks)`` in a thread, reporting each epoch's metrics and checkpoint
+    to Tune from this one (a trial's thread, where ``tune.report`` works).
+
+    Args:
+        trainer: Builds the TorchTrainer, given its callbacks.
+        meta: The trial's id and values, saved with each checkpoint (``start_from``).
+        epochs: The run's last epoch, whose checkpoint Tune does not get: a trial PBT
+            restarted from it would have nothing left to train.
+    """
+    queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    fitting = trainer([CheckpointReport(queue)])
+    outcome = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = fitting.fit()
+        except BaseException as err:  # raised again in the trial's thread
+            outcome["error"] = err
+        finally:
+            queue.put(None)
+
+    threading.Thread(target=fit, name="train-fit", daemon=True).start()
+    while (item := queue.get()) is not None:
+        metrics, saved = item  # saved: the Train run's checkpoint of that epoch
+        checkpoint = None
+        if saved is not None:
+            metrics[CHECKPOINT_PATH_KEY] = saved.path  # as TuneReportCallback: for publishing
+            if metrics[EPOCHS] < epochs:
+                # Tune copies it into the trial's folder: the Train run keeps only its last
+                # two, and PBT may clone this one later.
+                checkpoint = tune.Checkpoint(saved.path, filesystem=saved.filesystem)
+                checkpoint.set_metadata({**meta, "epoch": metrics[EPOCHS]})
+        tune.report(metrics, checkpoint=checkpoint)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 class TrialEvents(tune.Callback):
@@ -222,6 +335,26 @@ def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
+class PopulationBasedTraining(tune.schedulers.PopulationBasedTraining):
+    """Ray's PBT, without its turn-taking when the whole population runs at once.
+
+    Ray pauses a trial that reaches a perturbation while another waits (to start, or to
+    restart from a clone), so that the waiting one gets a turn: time-sharing, for more
+    trials than run at once. When they all run at once there is no turn to give, and each
+    such pause would only restart the trial's Train run.
+    """
+
+    def __init__(self, *, time_shared: bool, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.time_shared = time_shared
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.PAUSE and not self.time_shared:
+            return TrialScheduler.CONTINUE
+        return decision
+
+
 def max_concurrent(job: TuneJobConfig, cfg: TrainConfig) -> int:
     """Trials that fit at once in the cluster's free resources (each trial's Train run
     takes ``num_workers`` CPUs, or GPUs), keeping ``DATA_CPUS`` free for data loading."""
@@ -253,6 +386,14 @@ def new_tuner(ctx: TrialContext, concurrency: int, callbacks: list | None = None
             grace_period=job.grace_period,
             reduction_factor=job.reduction_factor,
         )
+    elif job.scheduler == "pbt":
+        scheduler = PopulationBasedTraining(
+            time_shared=job.samples > concurrency,
+            time_attr=EPOCHS,
+            perturbation_interval=job.perturbation_interval,
+            hyperparam_mutations=job.mutations(),
+            custom_explore_fn=job.clamp,
+        )
     else:
         scheduler = tune.schedulers.FIFOScheduler()
     if job.search == "optuna":
@@ -260,7 +401,10 @@ def new_tuner(ctx: TrialContext, concurrency: int, callbacks: list | None = None
 
         search = OptunaSearch(seed=job.seed)
     else:
-        search = tune.search.BasicVariantGenerator(random_state=job.seed)
+        # Tune's max_concurrent_trials only limits a Searcher (Optuna): this one limits itself.
+        search = tune.search.BasicVariantGenerator(
+            random_state=job.seed, max_concurrent=concurrency
+        )
     registry = ctx.registry()
     return tune.Tuner(
         trainable(ctx),
@@ -271,8 +415,11 @@ def new_tuner(ctx: TrialContext, concurrency: int, callbacks: list | None = None
             num_samples=job.samples,
             scheduler=scheduler,
             search_alg=search,
-            max_concurrent_trials=concurrency,
+            max_concurrent_trials=concurrency if job.search == "optuna" else None,
             trial_dirname_creator=_trial_dirname,
+            # A trial's actor owns its Train run: a reused actor (PBT's restarts) would keep
+            # the old run going.
+            reuse_actors=False,
         ),
         run_config=tune.RunConfig(
             name=job.name,
@@ -428,12 +575,12 @@ def parse(argv: list[str] | None) -> tuple[TuneJobConfig, bool]:
     parser.add_argument("--space", action="append", default=[], metavar="KEY=DOMAIN",
                         help="a search dimension, e.g. lr=loguniform:1e-4:1e-2 or "
                         "batch_size=choice:16,32,64; given, they replace the default space")  # fmt: skip
-    for flag in ("samples", "grace_period", "max_concurrent", "seed"):
+    for flag in ("samples", "grace_period", "perturbation_interval", "max_concurrent", "seed"):
         parser.add_argument(f"--{flag.replace('_', '-')}", type=int,
                             help=described[flag].description)  # fmt: skip
     parser.add_argument("--reduction-factor", type=float,
                         help=described["reduction_factor"].description)  # fmt: skip
-    parser.add_argument("--scheduler", choices=("asha", "fifo"),
+    parser.add_argument("--scheduler", choices=("asha", "fifo", "pbt"),
                         help=described["scheduler"].description)  # fmt: skip
     parser.add_argument("--search", choices=("optuna", "random"),
                         help=described["search"].description)  # fmt: skip
@@ -526,6 +673,13 @@ def main(argv: list[str] | None = None) -> None:
                 f"{base.num_workers} Ray Train workers each",
                 flush=True,
             )
+            if job.scheduler == "pbt" and concurrency < job.samples:
+                print(
+                    f"[tune] pbt with {job.samples} trials but {concurrency} at a time: "
+                    "trials take turns, each pausing at every perturbation and resuming "
+                    "later from its checkpoint; --samples at most what fits runs faster",
+                    flush=True,
+                )
             tuner = new_tuner(ctx, concurrency)
         results = tuner.fit()
         if all(result.error for result in results):

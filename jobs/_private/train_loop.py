@@ -172,9 +172,14 @@ def _save_checkpoint(
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
-def _restore(engine, world: int) -> dict | None:
-    """Load the latest checkpoint (verified) into ``engine``; its position, or None."""
-    checkpoint = ray.train.get_checkpoint()
+def _restore(
+    engine, cfg: TrainConfig, world: int, steps_per_epoch: int, init_checkpoint=None
+) -> dict | None:
+    """Load the run's latest checkpoint (verified) into ``engine``, else ``init_checkpoint``,
+    the one the run starts from (a tuning trial that PBT restarted from another trial's
+    checkpoint); its position, or None."""
+    own = ray.train.get_checkpoint()
+    checkpoint = own or init_checkpoint
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
@@ -184,7 +189,35 @@ def _restore(engine, world: int) -> dict | None:
             f"The checkpoint was written by {position['world_size']} workers; resume the run "
             f"with num_workers={position['world_size']} (this one has {world})."
         )
+    if own is None:
+        position = _take_hyperparameters(engine, cfg, position, steps_per_epoch)
     return position
+
+
+def _take_hyperparameters(engine, cfg: TrainConfig, position: dict, steps_per_epoch: int) -> dict:
+    """Make state restored from another run's checkpoint follow this run's ``cfg``.
+
+    DeepSpeed restores the optimizer's lr and weight decay, and the schedule's base lr, as
+    that run had them; PBT continues with mutated ones. The schedule keeps its place in
+    epochs, which is its place in steps unless the batch size (steps per epoch) changed.
+    Returns the position, counted in this run's steps.
+    """
+    scheduler = engine.lr_scheduler  # LambdaLR: lr = base lr x factor(step)
+    groups = scheduler.optimizer.param_groups
+    was = (scheduler.base_lrs[0], groups[0]["weight_decay"])
+    step = (position["epoch"] + 1) * steps_per_epoch
+    scheduler.base_lrs = [cfg.lr] * len(groups)
+    scheduler.last_epoch = engine.global_steps = step
+    for group, factor in zip(groups, scheduler.lr_lambdas, strict=True):
+        group.update(initial_lr=cfg.lr, lr=cfg.lr * factor(step), weight_decay=cfg.weight_decay)
+    scheduler._last_lr = [group["lr"] for group in groups]
+    if ray.train.get_context().get_world_rank() == 0:
+        progress(
+            f"[train] starting from another run's checkpoint of epoch {position['epoch'] + 1}: "
+            f"lr {was[0]:.3g} -> {cfg.lr:.3g} (now {groups[0]['lr']:.3g} at step {step}), "
+            f"weight_decay {was[1]:.3g} -> {cfg.weight_decay:.3g}"
+        )
+    return {**position, "step": step}
 
 
 def _mlflow_logger(config: dict):
@@ -215,7 +248,8 @@ def train_func(config: dict) -> None:
     progress(
         f"[train] worker rank {rank}/{world} pid {os.getpid()} on {ray.util.get_node_ip_address()}"
     )
-    position = _restore(engine, world)  # model, optimizer and schedule, as checkpointed
+    # Model, optimizer and schedule, as checkpointed.
+    position = _restore(engine, cfg, world, steps_per_epoch, config.get("init_checkpoint"))
     start_epoch = position["epoch"] + 1 if position else 0
     if position and rank == 0:
         progress(

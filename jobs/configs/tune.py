@@ -1,13 +1,14 @@
 """The tuning configuration: which training preset, the search space, the search, the scheduler.
 
 ``python -m jobs.tune`` builds one from its flags; every trial is the preset with the fixed
-``--set`` overrides, then the trial's sampled values, under a name of its own.
+``--set`` overrides, then the trial's sampled values, under a name of its own. Under PBT the
+same space also says how a trial's values mutate (``TuneJobConfig.mutations``).
 """
 
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -103,22 +104,41 @@ class TuneJobConfig(BaseModel):
         description="TrainConfig field -> its search domain.",
     )
     samples: int = Field(8, ge=1, le=10_000, description="Trials to run.")
-    scheduler: Literal["asha", "fifo"] = Field(
+    scheduler: Literal["asha", "fifo", "pbt"] = Field(
         "asha",
         description="asha stops weak trials early (asynchronous successive halving); fifo "
-        "runs every trial to the end.",
+        "runs every trial to the end; pbt (population based training) runs every trial to "
+        "the end and, every perturbation_interval epochs, restarts the weakest from a "
+        "stronger trial's checkpoint with that trial's values mutated.",
     )
     search: Literal["optuna", "random"] = Field(
-        "optuna", description="optuna (TPE, learns from finished trials) or random sampling."
+        "optuna",
+        description="optuna (TPE, learns from finished trials) or random sampling. pbt "
+        "samples its first values at random and mutates them itself: random is its default, "
+        "optuna is refused.",
     )
     grace_period: int = Field(1, ge=1, description="ASHA: epochs before a trial can be stopped.")
     reduction_factor: float = Field(
         3, gt=1, description="ASHA: keep the best 1/reduction_factor at each rung."
     )
+    perturbation_interval: int = Field(
+        1,
+        ge=1,
+        description="PBT: epochs between a trial's perturbations (fewer than the preset's "
+        "epochs); each one compares the trial with the others and may clone a stronger one.",
+    )
     max_concurrent: int = Field(
         0, ge=0, description="Trials at once; 0 derives it from the cluster's free resources."
     )
     seed: int = Field(0, description="Seed of the search (same seed, same sampled values).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pbt_samples_at_random(cls, data: Any) -> Any:
+        # PBT's mutations replace a searcher's model, so pbt defaults to random sampling.
+        if isinstance(data, dict) and data.get("scheduler") == "pbt":
+            return {"search": "random", **data}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> TuneJobConfig:
@@ -140,7 +160,26 @@ class TuneJobConfig(BaseModel):
                 f"grace_period {self.grace_period} exceeds the preset's {base.epochs} epochs; "
                 "lower it or --set epochs=N."
             )
+        if self.scheduler == "pbt":
+            self._check_pbt(base)
         return self
+
+    def _check_pbt(self, base: TrainConfig) -> None:
+        if self.search == "optuna":
+            raise ValueError(
+                "search optuna cannot drive pbt: PBT changes running trials' values itself, "
+                "which Optuna's model would not know; use --search random (pbt's default)."
+            )
+        if self.samples < 2:
+            raise ValueError(
+                f"pbt needs a population: samples {self.samples} < 2; use --samples 2 or more."
+            )
+        if self.perturbation_interval >= base.epochs:
+            raise ValueError(
+                f"perturbation_interval {self.perturbation_interval} leaves no epoch to "
+                f"perturb in the preset's {base.epochs}; lower it below {base.epochs} or "
+                "--set epochs=N."
+            )
 
     def base(self) -> TrainConfig:
         """The preset with the fixed overrides; each trial checkpoints every epoch, so that
@@ -158,3 +197,23 @@ class TuneJobConfig(BaseModel):
 
     def param_space(self) -> dict:
         return {key: param.domain() for key, param in self.space.items()}
+
+    def mutations(self) -> dict:
+        """PBT's ``hyperparam_mutations``: a range's domain (the value is multiplied by 0.8
+        or 1.2, or resampled) and a choice's values as a list (the value moves to a
+        neighbour, or is resampled)."""
+        return {
+            key: list(param.values) if param.kind == "choice" else param.domain()
+            for key, param in self.space.items()
+        }
+
+    def clamp(self, config: dict) -> dict:
+        """``config`` with each range's value pulled back into its bounds: PBT's x1.2 and
+        x0.8 know no bounds. Its ``custom_explore_fn``."""
+        out = dict(config)
+        for key, param in self.space.items():
+            if param.kind == "choice" or key not in out:
+                continue
+            high = param.high - 1 if param.kind == "randint" else param.high  # randint: [low, high)
+            out[key] = type(out[key])(min(max(out[key], param.low), high))
+        return out

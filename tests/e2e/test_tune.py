@@ -3,13 +3,15 @@ F7: the tuning driver is killed mid-run and the experiment restored with ``--res
 
 One experiment serves both tests, to keep the suite short: it is killed once a trial has
 finished, resumed, and must then end like any other run (best trial registered as the
-candidate, curves and summary saved) with every trial having ended exactly once.
+candidate, curves and summary saved) with every trial having ended exactly once. A second,
+smaller experiment runs Population Based Training (``--scheduler pbt``).
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -138,3 +140,36 @@ def test_killed_driver_restores_and_no_finished_trial_runs_again(
     analysis = ExperimentAnalysis(str(Path(local_cluster.storage_root) / "ray_tune" / NAME))
     assert sorted(t.trial_id for t in analysis.trials) == sorted(trials)
     assert {t.status for t in analysis.trials} == {"TERMINATED"}
+
+
+PBT_NAME = "tune-pbt-e2e"
+# Two trials at once for 4 epochs, perturbed after every epoch. Seed 8 draws lrs 2e-5 and
+# 9e-3 from the wide range: the slow trial trails from its first epoch on, so once the fast
+# one has a checkpoint PBT restarts the slow one from it.
+PBT_ARGS = ("--config", "digits_cnn_smoke", "--scheduler", "pbt", "--samples", "2",
+            "--max-concurrent", "2", "--perturbation-interval", "1", "--seed", "8",
+            "--space", "lr=loguniform:1e-6:1e-2", "--set", "num_workers=1", "--set", "epochs=4",
+            "--name", PBT_NAME)  # fmt: skip
+EXPLOIT = re.compile(
+    r"\[tune\] trial (\S+) exploits (\S+)'s checkpoint of epoch (\d+), lr (\S+) -> (\S+)"
+)
+
+
+# 2 Train runs at once plus a restart: ~4 min here; the same margin for a crowded machine.
+@pytest.mark.timeout(900)
+def test_pbt_restarts_a_weak_trial_from_a_strong_ones_checkpoint(submit, registry):
+    out = submit("python", "-m", "jobs.tune", *PBT_ARGS).stdout
+    exploit = EXPLOIT.search(out)
+    assert exploit, out[-5000:]
+    trial, donor, epoch, lr_was, lr_now = exploit.groups()
+    assert trial != donor
+    # A new Train run for the trial: the donor's weights and epochs, the trial's new lr.
+    assert (
+        f"[train] starting from another run's checkpoint of epoch {epoch}: lr {lr_was} -> {lr_now} "
+    ) in out, out[-5000:]
+    after = re.search(rf"\[tune\] trial {trial} epoch (\d+)/4", out[exploit.end() :])
+    assert after and int(after.group(1)) == int(epoch) + 1, out[exploit.start() :][:5000]
+
+    candidate = registry.resolve(f"digits@{CANDIDATE}")
+    assert f"alias candidate -> digits version {candidate.version}" in out, out[-3000:]
+    assert candidate.tags[EXPERIMENT_TAG] == PBT_NAME

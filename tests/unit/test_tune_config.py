@@ -47,3 +47,52 @@ def test_a_trial_is_the_preset_plus_fixed_overrides_plus_its_sampled_values():
 def test_a_search_that_cannot_run_is_refused_before_it_starts(kwargs, message):
     with pytest.raises((ValueError, ValidationError), match=message):
         TuneJobConfig(name="search", **kwargs)
+
+
+def test_pbt_samples_at_random_and_mutates_every_dimension_of_the_space():
+    job = TuneJobConfig(name="search", scheduler="pbt", samples=4, perturbation_interval=2)
+    assert job.search == "random"  # pbt's default: its own mutations replace a searcher
+    mutations = job.mutations()
+    assert mutations["batch_size"] == [16, 32, 64]  # a choice moves to a neighbour
+    assert (mutations["lr"].lower, mutations["lr"].upper) == (1e-4, 2e-2)
+    assert str(mutations["lr"].get_sampler()) == "LogUniform"  # multiplied, or resampled
+
+
+def test_pbt_mutations_stay_inside_the_space():
+    space = {"lr": Param.parse("loguniform:1e-4:1e-2"), "grad_accum": Param.parse("randint:1:4")}
+    job = TuneJobConfig(name="search", scheduler="pbt", samples=2, space=space)
+    clamped = job.clamp({"lr": 1.2e-2, "grad_accum": 5, "seed": 3})
+    assert clamped == {"lr": 1e-2, "grad_accum": 3, "seed": 3}  # randint's high is exclusive
+    assert job.clamp({"lr": 5e-3, "grad_accum": 2}) == {"lr": 5e-3, "grad_accum": 2}
+    assert isinstance(clamped["grad_accum"], int)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"search": "optuna"}, "search optuna cannot drive pbt"),
+        ({"samples": 1}, "pbt needs a population"),
+        ({"perturbation_interval": 3}, "leaves no epoch to perturb in the preset's 3"),
+        ({"perturbation_interval": 0}, "greater than or equal to 1"),
+    ],
+)
+def test_a_pbt_search_that_cannot_run_is_refused_before_it_starts(kwargs, message):
+    with pytest.raises((ValueError, ValidationError), match=message):
+        TuneJobConfig(name="search", scheduler="pbt", **{"samples": 4, **kwargs})
+
+
+def test_the_saved_pbt_config_loads_back_unchanged():
+    job = TuneJobConfig(name="search", scheduler="pbt", samples=4)
+    assert TuneJobConfig.model_validate(job.model_dump(mode="json")) == job
+
+
+def test_the_command_line_selects_pbt_and_names_what_cannot_run(capsys):
+    from jobs.tune import parse
+
+    job, resume = parse(["--scheduler", "pbt", "--perturbation-interval", "2", "--name", "s"])
+    assert (job.scheduler, job.search, job.perturbation_interval, resume) == (
+        "pbt", "random", 2, False
+    )  # fmt: skip
+    with pytest.raises(SystemExit):
+        parse(["--scheduler", "pbt", "--search", "optuna", "--name", "s"])
+    assert "use --search random (pbt's default)" in capsys.readouterr().err
