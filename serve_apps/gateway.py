@@ -149,6 +149,9 @@ def _agree(a: Prediction, b: Prediction) -> bool:
 
 def _generation_error(err: BaseException) -> ApiError:
     """The 4xx/5xx for a generation that failed before its first piece."""
+    # Ray re-raises a replica's exception as RayTaskError; it cannot always also subclass
+    # the original type (pydantic's ValidationError), so look at the cause itself.
+    err = getattr(err, "cause", None) or err
     if isinstance(err, TimeoutError):
         return ApiError(504, "upstream_timeout", "The model did not start answering in time.")
     if isinstance(err, ValidationError):
