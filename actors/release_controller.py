@@ -468,20 +468,7 @@ def _release_metrics() -> dict:
 
 
 def controller_actor():
-    """The one ReleaseController of the Serve namespace, created by whoever asks first."""
-    import ray
-    from ray.serve._private.constants import SERVE_NAMESPACE
+    """The one ReleaseController (restarted from its persisted releases if it dies)."""
+    from actors import serve_singleton
 
-    return (
-        ray.remote(ReleaseController)
-        .options(
-            name=CONTROLLER_NAME,
-            namespace=SERVE_NAMESPACE,
-            lifetime="detached",
-            get_if_exists=True,
-            num_cpus=0,
-            max_restarts=-1,  # restarted from its persisted releases
-            max_concurrency=64,
-        )
-        .remote()
-    )
+    return serve_singleton(ReleaseController, CONTROLLER_NAME, max_concurrency=64)

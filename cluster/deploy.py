@@ -25,10 +25,10 @@ def rendered_config(settings: Settings, source: Path = SERVE_CONFIG) -> dict:
     return config
 
 
-def deploy_models_api(settings: Settings) -> None:
-    """Run `serve deploy` on the (rendered) serve_config.yaml against this cluster."""
+def deploy_models_api(settings: Settings, config: dict | None = None) -> None:
+    """Run `serve deploy` on ``config`` (default: the rendered serve_config.yaml)."""
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump(rendered_config(settings), f)
+        yaml.safe_dump(config or rendered_config(settings), f)
     serve_cli = str(Path(sys.executable).with_name("serve"))
     env = {**os.environ, **settings.ray_client_env()}
     cmd = [serve_cli, "deploy", f.name, "--address", settings.dashboard_url]

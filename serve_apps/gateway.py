@@ -26,11 +26,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
 from ray.exceptions import RayError
-from ray.serve._private.constants import SERVE_NAMESPACE
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
+from actors import serve_singleton
 from actors.rate_limiter import LIMITER_NAME, Lease, LeasedQuota, Quota, RateLimiter
 from actors.release_controller import Outcome, in_candidate_share
 from cluster.settings import get_settings
@@ -128,18 +128,8 @@ def _limiter_actor() -> ray.actor.ActorHandle:
     Defined above Gateway: Serve pickles the ingress class by value where it is decorated,
     with only the module globals that exist by then.
     """
-    return (
-        ray.remote(RateLimiter)
-        .options(
-            name=LIMITER_NAME,
-            namespace=SERVE_NAMESPACE,
-            lifetime="detached",
-            get_if_exists=True,
-            num_cpus=0,
-            max_restarts=-1,  # restarted with full buckets: at most one extra burst
-        )
-        .remote()
-    )
+    # Restarted with full buckets if it dies: at most one extra burst.
+    return serve_singleton(RateLimiter, LIMITER_NAME)
 
 
 def _agree(a: Prediction, b: Prediction) -> bool:

@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+import threading
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from cluster.deploy import deploy_models_api, wait_for_version
@@ -73,3 +78,91 @@ def served(local_cluster: Settings, repo_root: Path) -> Served:
     deploy_models_api(local_cluster)
     wait_for_version(local_cluster, key, "digits", version)
     return Served(local_cluster, key, version, registry)
+
+
+class Traffic:
+    """Bounded client load on loopback, with a ledger: one final outcome per request id.
+
+    ``in_flight`` clients post ``body`` (a dict, or a function making one per request) and
+    ``headers()`` to ``url`` until stopped (or ``limit_s``). A request
+    answered >= 500, or not answered, is retried up to ``retries`` times with backoff (0.1,
+    0.2, 0.4 s ...), as a well-behaved client does; the ledger keeps its last outcome.
+
+        with Traffic(url, key) as load:
+            load.wait_for(50)          # requests answered so far
+            ...                        # the fault
+        assert load.failures() == []
+    """
+
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        body,
+        in_flight: int = 4,
+        retries: int = 0,
+        limit_s: float = 180,
+        headers=None,
+    ) -> None:
+        self.url, self.key, self.body = url, key, body
+        self.in_flight, self.retries, self.limit_s = in_flight, retries, limit_s
+        self.headers = headers or (lambda: {})
+        self.ledger: list[tuple[str, object, object, int]] = []  # rid, status, version, tries
+        self._running = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Traffic:
+        self._running.set()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._running.clear()
+        self._thread.join(timeout=60)
+
+    def failures(self) -> list:
+        return [entry for entry in self.ledger if entry[1] != 200]
+
+    def wait_for(self, answered: int, timeout: float = 120) -> None:
+        start = len(self.ledger)
+        deadline = time.monotonic() + timeout
+        while len(self.ledger) - start < answered:
+            assert time.monotonic() < deadline, f"only {len(self.ledger) - start} answers"
+            time.sleep(0.1)
+
+    async def _one(self, http: httpx.AsyncClient) -> None:
+        rid = uuid.uuid4().hex
+        headers = {"X-API-Key": self.key, "X-Request-ID": rid} | self.headers()
+        body = self.body() if callable(self.body) else self.body
+        outcome, version = None, None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                await asyncio.sleep(0.1 * 2 ** (attempt - 1))
+            try:
+                r = await http.post(self.url, json=body, headers=headers)
+                outcome = r.status_code
+                version = r.json().get("version") if outcome == 200 else r.text[:200]
+                if outcome < 500:
+                    break
+            except httpx.HTTPError as err:
+                outcome, version = type(err).__name__, str(err)[:200]
+        self.ledger.append((rid, outcome, version, attempt + 1))
+
+    async def _run(self) -> None:
+        deadline = time.monotonic() + self.limit_s
+        async with httpx.AsyncClient(timeout=30) as http:
+
+            async def client() -> None:
+                while self._running.is_set() and time.monotonic() < deadline:
+                    await self._one(http)
+
+            await asyncio.gather(*(client() for _ in range(self.in_flight)))
+
+
+@pytest.fixture
+def traffic(served: Served):
+    """``traffic(**options)``: a Traffic of one-digit predictions against ``served`` (a fixed
+    digit unless ``body=`` says otherwise)."""
+    body = {"instances": [[0.0, 0.0, 5.0, 13.0] + [4.0] * 60]}
+    return lambda **options: Traffic(served.predict_url, served.key, **({"body": body} | options))

@@ -7,9 +7,7 @@ load (loopback, a ledger of every request) runs against the gateway.
 
 from __future__ import annotations
 
-import asyncio
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -25,7 +23,6 @@ from jobs.dataset import dataset_uri, read_manifest
 from models.zoo import build_model
 
 DIGITS = load_digits()
-LOAD_LIMIT_S, IN_FLIGHT = 150, 6
 
 
 def _new_run(served, name: str) -> str:
@@ -59,68 +56,41 @@ def _register_untrained(served) -> int:
     return info.version
 
 
-async def _load(served, running: threading.Event, ledger: list) -> None:
-    """IN_FLIGHT clients, each request a random user, until ``running`` clears."""
-    headers = {"X-API-Key": served.key}
-    deadline = time.monotonic() + LOAD_LIMIT_S
-
-    async def client(http: httpx.AsyncClient, seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        while running.is_set() and time.monotonic() < deadline:
-            i = int(rng.integers(len(DIGITS.target)))
-            rid = uuid.uuid4().hex
-            body = {"instances": [DIGITS.data[i].tolist()]}
-            h = headers | {"X-User-ID": uuid.uuid4().hex, "X-Request-ID": rid}
-            try:
-                r = await http.post(served.predict_url, json=body, headers=h)
-                version = r.json().get("version") if r.status_code == 200 else None
-                ledger.append((rid, r.status_code, version))
-            except httpx.HTTPError as err:
-                ledger.append((rid, type(err).__name__, None))
-
-    async with httpx.AsyncClient(timeout=30) as http:
-        await asyncio.gather(*(client(http, s) for s in range(IN_FLIGHT)))
+def _random_digit() -> dict:
+    return {"instances": [DIGITS.data[np.random.randint(len(DIGITS.target))].tolist()]}
 
 
-def _release_under_load(served, submit, *flags: str):
-    """Submit a release and keep the load on until the job ends; (job, ledger)."""
-    running, ledger, result = threading.Event(), [], {}
-    running.set()
-
-    def release() -> None:
-        try:
-            result["proc"] = submit(
-                "python",
-                "-m",
-                "jobs.release",
-                "--model",
-                "digits",
-                "--min-step-s",
-                "2",
-                "--min-requests",
-                "20",
-                *flags,
-                expect_ok=False,
-            )
-        finally:
-            running.clear()
-
-    thread = threading.Thread(target=release)
-    thread.start()
-    asyncio.run(_load(served, running, ledger))
-    thread.join(timeout=60)
-    assert "proc" in result, "the release job did not end within the load's time limit"
-    return result["proc"], ledger
+def _release_under_load(submit, traffic, *flags: str):
+    """Submit a release under load (random digits, a new user per request) until the job
+    ends; (job, ledger)."""
+    new_user = lambda: {"X-User-ID": uuid.uuid4().hex}  # noqa: E731
+    with traffic(in_flight=6, body=_random_digit, headers=new_user) as load:
+        proc = submit(
+            "python",
+            "-m",
+            "jobs.release",
+            "--model",
+            "digits",
+            "--min-step-s",
+            "2",
+            "--min-requests",
+            "20",
+            *flags,
+            expect_ok=False,
+        )
+    return proc, load.ledger
 
 
 def _failures(ledger: list) -> list:
     return [entry for entry in ledger if entry[1] != 200]
 
 
-def test_a_bad_candidate_is_rolled_back_by_itself_with_no_failed_request(served, submit):
+def test_a_bad_candidate_is_rolled_back_by_itself_with_no_failed_request(served, submit, traffic):
     champion = served.registry.resolve("digits@champion").version
     bad = _register_untrained(served)
-    proc, ledger = _release_under_load(served, submit, "--candidate", str(bad), "--steps", "25,100")
+    proc, ledger = _release_under_load(
+        submit, traffic, "--candidate", str(bad), "--steps", "25,100"
+    )
     out = proc.stdout
     assert proc.returncode == 1, out[-3000:]
     assert "rollback" in out and "agreement with the champion" in out, out[-3000:]
@@ -135,7 +105,7 @@ def test_a_bad_candidate_is_rolled_back_by_itself_with_no_failed_request(served,
     wait_for_version(served.settings, served.key, "digits", champion)
 
 
-def test_a_good_candidate_reaches_full_traffic_with_no_failed_request(served, submit):
+def test_a_good_candidate_reaches_full_traffic_with_no_failed_request(served, submit, traffic):
     before = served.registry.resolve("digits@champion").version
     good = _register_copy_of_champion(served)
     # The first answers of a version include loading it: allow for that in the p95 check.
