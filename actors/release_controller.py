@@ -161,7 +161,7 @@ class Release:
 
 
 class ReleaseController:
-    def __init__(self, tick_s: float = 1.0) -> None:
+    def __init__(self, tick_s: float = 2.0) -> None:
         from cluster import storage
         from cluster.settings import get_settings
         from models.registry import Registry
