@@ -25,10 +25,12 @@ import asyncio
 import hashlib
 import json
 import logging
+import tempfile
 import time
 import uuid
 from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -431,8 +433,9 @@ class ReleaseController:
         from models import package
         from models.zoo import architecture
 
-        folder = self.registry.fetch(self.registry.get(model, version))
-        cfg = package.PackageConfig.read(folder)
+        with tempfile.TemporaryDirectory(prefix="aimass-signature-") as tmp:
+            folder = self.registry.fetch(self.registry.get(model, version), Path(tmp))
+            cfg = package.PackageConfig.read(folder)
         return {"signature": cfg.signature.to_dict(), "task": architecture(cfg.architecture).task}
 
     def _load(self) -> dict[str, Release]:

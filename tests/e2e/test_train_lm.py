@@ -80,12 +80,25 @@ def lm_data(submit) -> int:
     return rows // 2 // 16  # 2 workers, batch 16, drop_last
 
 
+SUBMITTED: list[Job] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _stop_leftover_jobs():
+    """A failed test must not leave its training job burning the CPUs of later tests."""
+    yield
+    for job in SUBMITTED:
+        if job.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            job.client.stop_job(job.id)
+
+
 def train(local_cluster: Settings, repo_root, *overrides: str) -> Job:
     client = JobSubmissionClient(local_cluster.dashboard_url)
     sets = [f"--set={pair}" for pair in (f"epochs={EPOCHS}", "log_every=1", *overrides)]
     entrypoint = f"python -m jobs.train --config gpt_tiny --name {RUN} " + " ".join(sets)
     job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(repo_root)})
-    return Job(client, job_id)
+    SUBMITTED.append(Job(client, job_id))
+    return SUBMITTED[-1]
 
 
 def registered_checkpoints(settings: Settings) -> int:
