@@ -71,7 +71,7 @@ def _success_rate(ledger: list) -> float:
 def test_f8_a_redeploy_under_load_drops_no_request(driver, traffic):
     with traffic(in_flight=4) as load:
         load.wait_for(30)
-        _deploy_with(driver.settings, predictor_min=2, cpus=0.4)
+        _deploy_with(driver.settings, predictor_min=2, cpus=0.3)
         wait_for_condition(lambda: _stable("Predictor", 2), timeout=180, retry_interval_ms=500)
         load.wait_for(30)
     assert load.failures() == [], load.failures()[:5]
