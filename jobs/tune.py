@@ -64,6 +64,7 @@ START_TAG = "aimass.tune_started_from"
 """PBT: the checkpoint a trial's current Train run started from (trial, epoch) and the
 trial's values then (JSON); the run's params keep its first values."""
 SPEC_FILE = "aimass_tune.json"
+REPEATED = "repeats_last_epoch"
 EPOCHS = "epochs_done"
 """Epochs a trial's Train run has completed: Tune's own ``training_iteration`` restarts at
 1 when an interrupted trial resumes, while its Train run continues from its checkpoint."""
@@ -210,9 +211,13 @@ def run_trial(config: dict, ctx: TrialContext) -> dict | None:
     # Only a normal end is recorded here: a failure is recorded by the driver (TrialEvents),
     # because a trial that Tune stops, or whose driver dies, fails here on its way out.
     client = ctx.registry().client
-    client.set_tag(run_id, RESULT_TAG, json.dumps(final_result(last, cfg.objective()[0])))
+    summary = final_result(last, cfg.objective()[0])
+    client.set_tag(run_id, RESULT_TAG, json.dumps(summary))
     client.set_terminated(run_id, status="FINISHED")
-    return None
+    # Also the trial's final result: a Train run resumed at its last checkpoint (it ended
+    # just as the driver died) trains and reports nothing, and Tune refuses a trial whose
+    # results lack the metric. When epochs were reported, this repeats the last one.
+    return {**summary, REPEATED: True}
 
 
 def start_from(
@@ -299,6 +304,8 @@ class TrialEvents(tune.Callback):
         print(f"[tune] trial {trial.trial_id} started: {values}", flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get(REPEATED):
+            return  # the last epoch's result again, as the trial's return value
         print(
             f"[tune] trial {trial.trial_id} epoch {result[EPOCHS]}/{self.epochs} "
             f"{self.metric}={result[self.metric]:.4f}",
