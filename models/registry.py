@@ -32,12 +32,14 @@ Registry writes go through ``_retry``, a short bounded backoff on top.
 
 from __future__ import annotations
 
+import atexit
 import getpass
 import json
 import os
 import random
 import re
 import secrets
+import shutil
 import socket
 import tempfile
 import time
@@ -470,8 +472,14 @@ class Registry:
         return _info(mv)
 
     def fetch(self, info: ModelVersionInfo, dest: Path | None = None) -> Path:
-        """Download a version's package and verify it against the registry's manifest hash."""
-        dest = dest or Path(tempfile.mkdtemp(prefix=f"aimass-{info.name}-v{info.version}-"))
+        """Download a version's package and verify it against the registry's manifest hash.
+
+        Without ``dest`` it goes to a temporary folder that lives as long as this process
+        (removed at exit): jobs read from it until they end.
+        """
+        if dest is None:
+            dest = Path(tempfile.mkdtemp(prefix=f"aimass-{info.name}-v{info.version}-"))
+            atexit.register(shutil.rmtree, dest, ignore_errors=True)
         local = Path(
             mlflow.artifacts.download_artifacts(
                 artifact_uri=info.source, dst_path=str(dest), tracking_uri=self.tracking_uri
