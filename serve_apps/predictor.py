@@ -7,6 +7,10 @@ versions unloaded past ``max_models_per_replica``), and ``@serve.batch`` splits 
 model id, so every ONNX Runtime call runs one version over all the requests batched
 together. Which version a request should get (champion, candidate, pinned) is the
 gateway's decision, from the release controller's routing table: replicas hold no aliases.
+
+A replica fails its health check (and Serve replaces it, draining it first) once
+``max_consecutive_failures`` ONNX Runtime runs in a row have failed, or once an operator
+retired it through a DeploymentHandle (``retire``: behind Ray's token, not on HTTP).
 """
 
 from __future__ import annotations
@@ -49,15 +53,43 @@ class Prediction:
     probabilities: np.ndarray  # (n, num_classes)
 
 
+@dataclass(slots=True)
+class Health:
+    """Whether a replica should be replaced, and why: after ``max_failures_in_a_row``
+    failed model runs in a row, or once retired by an operator. Never healthy again after."""
+
+    max_failures_in_a_row: int
+    failures_in_a_row: int = 0
+    unhealthy: str | None = None
+
+    def ran(self, ok: bool) -> None:
+        self.failures_in_a_row = 0 if ok else self.failures_in_a_row + 1
+        if self.failures_in_a_row >= self.max_failures_in_a_row and self.unhealthy is None:
+            self.unhealthy = f"{self.failures_in_a_row} ONNX Runtime runs failed in a row"
+
+    def retire(self, reason: str) -> None:
+        self.unhealthy = f"retired: {reason}"
+
+    def check(self) -> None:
+        if self.unhealthy is not None:
+            raise RuntimeError(f"replica unhealthy: {self.unhealthy}")
+
+
+def _replica_id() -> str:
+    return serve.get_replica_context().replica_id.unique_id
+
+
 @serve.deployment
 class Predictor:
     def __init__(self) -> None:
         settings = get_settings()
         self.registry = Registry(settings.mlflow_uri, storage.join(settings.storage_root, "mlflow"))
         self.config = PredictorConfig()
+        self.health = Health(self.config.max_consecutive_failures)
 
     def reconfigure(self, user_config: dict) -> None:
         self.config = PredictorConfig(**user_config)
+        self.health.max_failures_in_a_row = self.config.max_consecutive_failures
         self.predict.set_max_batch_size(self.config.max_batch_size)
         self.predict.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
 
@@ -78,7 +110,15 @@ class Predictor:
         return LoadedModel(name, version, session, signature)
 
     async def check_health(self) -> None:
-        pass  # a replica whose event loop answers is healthy; ORT sessions have no state
+        """Serve calls it every ``health_check_period_s``; an answer too slow fails it too."""
+        self.health.check()
+
+    def retire(self, reason: str) -> str:
+        """Fail this replica's health checks from now on, so that Serve drains and replaces
+        it (e.g. one on a suspect host); its id is returned. An operator action."""
+        self.health.retire(reason)
+        logger.warning("replica %s: %s", _replica_id(), self.health.unhealthy)
+        return _replica_id()
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def predict(self, inputs: list[np.ndarray]) -> list[Prediction]:
@@ -89,6 +129,14 @@ class Predictor:
             len(inputs), tags={"model": model.name, "version": str(model.version)}
         )
         batch = np.concatenate(inputs)
-        proba = softmax(model.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0])
+        try:
+            logits = model.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+        except Exception:
+            self.health.ran(ok=False)
+            if self.health.unhealthy:
+                logger.error("replica %s: %s", _replica_id(), self.health.unhealthy)
+            raise
+        self.health.ran(ok=True)
+        proba = softmax(logits)
         splits = np.cumsum([len(x) for x in inputs])[:-1]
         return [Prediction(model.version, part) for part in np.split(proba, splits)]

@@ -108,3 +108,9 @@ class PredictorConfig(BaseModel):
         0.002, ge=0, le=1, description="How long a batch waits to fill."
     )
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads (0 = ORT default).")
+    max_consecutive_failures: int = Field(
+        5,
+        ge=1,
+        description="Failed ONNX Runtime runs in a row after which the replica "
+        "reports itself unhealthy (Serve replaces it).",
+    )
