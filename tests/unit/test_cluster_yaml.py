@@ -127,3 +127,14 @@ def test_sum_of_min_workers_within_max(config: dict) -> None:
     nodes = config["available_node_types"].values()
     assert sum(n.get("min_workers", 0) for n in nodes) <= config["max_workers"]
     assert sum(n.get("max_workers", 0) for n in nodes) <= config["max_workers"]
+
+
+def test_nodes_start_with_the_serve_settings_of_the_local_cluster(config: dict) -> None:
+    """Serve's switches (admission middleware, throughput profile) are read where Ray
+    starts: a launched cluster gets the same as `aimass up`'s."""
+    from cluster.local import SERVE_ENV
+
+    for commands in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = " ".join(config[commands])
+        for name, value in SERVE_ENV.items():
+            assert f"{name}={value}" in start, (commands, name)
