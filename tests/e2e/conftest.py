@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+import json
 import os
 import subprocess
 import sys
@@ -12,11 +14,16 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import ray
+import uvloop
+from ray import serve
+from ray.util.state import list_actors
 
-from cluster.deploy import deploy_models_api, wait_for_version
+from cluster.deploy import deploy_models_api, rendered_config, wait_for_version
 from cluster.settings import Settings
 from models.registry import Registry
 
@@ -78,6 +85,9 @@ def served(local_cluster: Settings, repo_root: Path) -> Served:
     deploy_models_api(local_cluster)
     wait_for_version(local_cluster, key, "digits", version)
     return Served(local_cluster, key, version, registry)
+
+
+ONE_DIGIT = {"instances": [[0.0, 0.0, 5.0, 13.0] + [4.0] * 60]}
 
 
 class Traffic:
@@ -160,9 +170,139 @@ class Traffic:
             await asyncio.gather(*(client() for _ in range(self.in_flight)))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def traffic(served: Served):
     """``traffic(**options)``: a Traffic of one-digit predictions against ``served`` (a fixed
     digit unless ``body=`` says otherwise)."""
-    body = {"instances": [[0.0, 0.0, 5.0, 13.0] + [4.0] * 60]}
-    return lambda **options: Traffic(served.predict_url, served.key, **({"body": body} | options))
+    return lambda **options: Traffic(
+        served.predict_url, served.key, **({"body": ONE_DIGIT} | options)
+    )
+
+
+@pytest.fixture(scope="session")
+def arrivals(served: Served):
+    """``arrivals(rate, duration_s)``: open-loop one-digit predictions against ``served``;
+    returns the ledger (one Answer per request)."""
+    return lambda rate, duration_s: open_loop(
+        served.predict_url, served.key, ONE_DIGIT, rate, duration_s
+    )
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One open-loop request's outcome: status (or the client error's name), latency, and
+    the ``Retry-After`` it carried."""
+
+    rid: str
+    status: int | str
+    latency_ms: float
+    retry_after: str | None
+
+
+def open_loop(url: str, key: str, body: dict, rate: float, duration_s: float) -> list[Answer]:
+    """Send ``rate`` requests per second for ``duration_s``, each on schedule whether or not
+    earlier ones were answered (arrivals do not wait, as on a public API), then wait for
+    every answer (30 s timeout each). One Answer per request: the ledger.
+
+    A lean HTTP/1.1 client (keep-alive connections reused, request bytes built once, uvloop):
+    on two cores a general-purpose client at 2x the service's capacity took as much CPU as
+    the proxy, and its own delays were most of the latency it measured.
+    """
+    target = urlsplit(url)
+    payload = json.dumps(body).encode()
+    head = (
+        f"POST {target.path} HTTP/1.1\r\nHost: {target.netloc}\r\nX-API-Key: {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+    ).encode()
+
+    async def run() -> list[Answer]:
+        idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+        async def exchange(rid: str) -> tuple[int, str | None]:
+            reader, writer = (
+                idle.pop() if idle else await asyncio.open_connection(target.hostname, target.port)
+            )
+            writer.write(head + f"X-Request-ID: {rid}\r\n\r\n".encode() + payload)
+            status, headers = await _read_response(reader)
+            idle.append((reader, writer))
+            at = headers.find(b"\r\nretry-after:")
+            retry_after = (
+                headers[at + 14 : headers.index(b"\r\n", at + 2)].strip() if at >= 0 else None
+            )
+            return status, retry_after.decode() if retry_after else None
+
+        async def one() -> Answer:
+            rid = uuid.uuid4().hex
+            t0 = time.perf_counter()
+            try:
+                status, retry_after = await asyncio.wait_for(exchange(rid), 30)
+            except (OSError, EOFError, asyncio.IncompleteReadError, TimeoutError) as err:
+                status, retry_after = type(err).__name__, None
+            return Answer(rid, status, (time.perf_counter() - t0) * 1e3, retry_after)
+
+        start, tasks = time.perf_counter(), []
+        for n in range(int(rate * duration_s)):
+            if (wait := start + n / rate - time.perf_counter()) > 0:
+                await asyncio.sleep(wait)
+            tasks.append(asyncio.ensure_future(one()))
+        answers = list(await asyncio.gather(*tasks))
+        for _, writer in idle:
+            writer.close()
+        return answers
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(run())
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One HTTP/1.1 response off ``reader``: its status and lowercased header block."""
+    headers = (await reader.readuntil(b"\r\n\r\n")).lower()
+    at = headers.find(b"\r\ncontent-length:")
+    if at >= 0:
+        await reader.readexactly(int(headers[at + 17 : headers.index(b"\r\n", at + 2)]))
+    elif b"transfer-encoding: chunked" in headers:
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            await reader.readexactly(size + 2)
+        await reader.readuntil(b"\r\n")
+    return int(headers[9:12]), headers
+
+
+class ServeOps:
+    """What an operator sees and does to the deployed model API, through a Ray driver."""
+
+    app = "models"  # the application's name in serve_config.yaml
+
+    def __init__(self, served: Served) -> None:
+        self.served, self.settings = served, served.settings
+
+    def replicas(self, deployment: str) -> list[str]:
+        """The live replica actors' names."""
+        prefix = f"SERVE_REPLICA::{self.app}#{deployment}#"
+        alive = list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
+        return sorted(a.name for a in alive if (a.name or "").startswith(prefix))
+
+    def running(self, deployment: str) -> int:
+        status = serve.status().applications[self.app].deployments[deployment]
+        return status.replica_states.get("RUNNING", 0)
+
+    def stable(self, deployment: str, replicas: int) -> bool:
+        """The application runs, with at least ``replicas`` of ``deployment`` RUNNING."""
+        status = serve.status().applications[self.app]
+        return status.status == "RUNNING" and self.running(deployment) >= replicas
+
+    def deploy(self, **predictor: dict) -> None:
+        """serve deploy of the default config with the Predictor's options updated (nested
+        dicts merged one level), or the default config itself when none are given."""
+        config = copy.deepcopy(rendered_config(self.settings))
+        for d in config["applications"][0]["deployments"]:
+            if d["name"] == "Predictor":
+                for option, value in predictor.items():
+                    d[option] = {**d[option], **value} if isinstance(value, dict) else value
+        deploy_models_api(self.settings, config)
+
+
+@pytest.fixture(scope="module")
+def serve_ops(served: Served):
+    ray.init(address=served.settings.gcs_address, log_to_driver=False)
+    yield ServeOps(served)
+    ray.shutdown()
