@@ -58,6 +58,12 @@ class Settings(BaseSettings):
         description="Logical CPUs the local head offers; 0 means max(4, cores). More than the "
         "cores lets the data pipeline, the gateway and training share a small machine.",
     )
+    proxy_max_in_flight: int = Field(
+        default=64,
+        ge=1,
+        description="Requests each Serve HTTP proxy admits at a time; past it, 503 with "
+        "Retry-After at once (~ the gateways' concurrency plus Serve's queue: 2 x 16 + 32).",
+    )
     region: str = Field(default="local", description="Datacenter (Ray region) of the local head.")
     zone: str = Field(default="local-a", description="Availability zone of the local head.")
 
@@ -114,6 +120,7 @@ class Settings(BaseSettings):
             f"{ENV_PREFIX}GCS_PORT": str(self.gcs_port),
             f"{ENV_PREFIX}DASHBOARD_PORT": str(self.dashboard_port),
             f"{ENV_PREFIX}SERVE_PORT": str(self.serve_port),
+            f"{ENV_PREFIX}PROXY_MAX_IN_FLIGHT": str(self.proxy_max_in_flight),
             f"{ENV_PREFIX}REGION": self.region,
             f"{ENV_PREFIX}ZONE": self.zone,
         }

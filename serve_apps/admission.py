@@ -4,7 +4,7 @@ Past capacity, what decides latency is how cheaply the excess is refused: each r
 proxy routes (request id, routing, the router's queue check, access log) costs it nearly
 as much CPU as a request it forwards, so on a small machine at 2x capacity its own backlog
 grew to seconds and refusals came back as late as answers. Here, before any of that, a
-request past ``AIMASS_PROXY_MAX_IN_FLIGHT`` requests in flight through this proxy gets a
+request past ``proxy_max_in_flight`` requests in flight through this proxy gets a
 503 with ``Retry-After`` and the gateway's JSON error body, in microseconds of Python.
 
 Serve loads it in each proxy through ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``
@@ -15,14 +15,13 @@ Serve's own health routes (``/-/...``) are never refused.
 from __future__ import annotations
 
 import json
-import os
 import re
 import uuid
 
 from starlette.middleware import Middleware
 
-MAX_IN_FLIGHT_ENV = "AIMASS_PROXY_MAX_IN_FLIGHT"
-DEFAULT_MAX_IN_FLIGHT = 64  # ~ the gateways' concurrency (2 x 16) plus Serve's queue (32)
+from cluster.settings import get_settings
+
 PROXY_CALLBACK = "serve_apps.admission:middlewares"
 RETRY_AFTER_S = 1
 _SAFE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
@@ -75,5 +74,4 @@ class Admission:
 
 def middlewares() -> list[Middleware]:
     """The proxy callback Serve calls (see the module's docstring)."""
-    limit = int(os.environ.get(MAX_IN_FLIGHT_ENV, DEFAULT_MAX_IN_FLIGHT))
-    return [Middleware(Admission, max_in_flight=limit)]
+    return [Middleware(Admission, max_in_flight=get_settings().proxy_max_in_flight)]
