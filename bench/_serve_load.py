@@ -45,6 +45,7 @@ from fastapi import Header, Request
 from fastapi.responses import JSONResponse
 
 from bench._cluster import log
+from cluster import local
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -492,8 +493,10 @@ def gateway_niceness(settings) -> int | None:
 
 
 def serve_env() -> dict[str, str]:
-    """The RAY_SERVE_* variables this run's cluster inherits (its tuning, if any)."""
-    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("RAY_SERVE_")}
+    """The RAY_SERVE_* variables this run's cluster starts with: the project's own
+    (``cluster.local.SERVE_ENV``), overridden by any set when the benchmark started."""
+    given = {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")}
+    return dict(sorted({**local.SERVE_ENV, **given}.items()))
 
 
 def measure(settings, model: str, train: str, args, folder: Path, limit=None) -> dict:

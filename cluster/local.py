@@ -144,12 +144,12 @@ def up(settings: Settings) -> ClusterInfo:
     # as an activated virtualenv would, so jobs run with the packages aimass installed.
     bin_dir = str(Path(sys.executable).parent)
     env = {
+        **SERVE_ENV,  # defaults: a RAY_SERVE_* variable set by the user wins
         **os.environ,
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
         **settings.as_env(),
         **settings.datacenter.node_env(),
         **settings.ray_client_env(),
-        **SERVE_ENV,
         CLUSTER_MARK_ENV: str(settings.ray_temp_dir),
     }
     proc = subprocess.run(head_command(settings), env=env, capture_output=True, text=True)
