@@ -42,6 +42,9 @@ SERVE_ENV = {
     # it only adds a listener per replica.
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+    # ... nor its log buffer (1,000 lines, flushed only when full or on an error): a quiet
+    # replica's lines would reach its log file hours late, or never.
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
 }
 
 
