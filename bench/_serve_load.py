@@ -78,20 +78,17 @@ def post_request(port: int, path: str, body: bytes, key: str) -> bytes:
     return head.encode() + body
 
 
-async def _read_response(reader: asyncio.StreamReader) -> int:
-    """Read one HTTP/1.1 response off ``reader``; its status code."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    headers = head.lower()
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """Read one HTTP/1.1 response off ``reader``: its status and lowercased header block."""
+    headers = (await reader.readuntil(b"\r\n\r\n")).lower()
     at = headers.find(b"\r\ncontent-length:")
     if at >= 0:
-        end = headers.index(b"\r\n", at + 2)
-        await reader.readexactly(int(headers[at + 17 : end]))
+        await reader.readexactly(int(headers[at + 17 : headers.index(b"\r\n", at + 2)]))
     elif b"transfer-encoding: chunked" in headers:
         while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
             await reader.readexactly(size + 2)
         await reader.readuntil(b"\r\n")
-    return status
+    return int(headers[9:12]), headers
 
 
 async def _load(port: int, requests: list[bytes], concurrency: int, seconds: float) -> LoadResult:
@@ -108,7 +105,7 @@ async def _load(port: int, requests: list[bytes], concurrency: int, seconds: flo
             writer.write(requests[k % len(requests)])
             k += concurrency
             try:
-                status = await asyncio.wait_for(_read_response(reader), _READ_TIMEOUT_S)
+                status, _ = await asyncio.wait_for(read_response(reader), _READ_TIMEOUT_S)
             except (OSError, EOFError, asyncio.IncompleteReadError, TimeoutError) as err:
                 result.errors[type(err).__name__] = result.errors.get(type(err).__name__, 0) + 1
                 writer.close()

@@ -15,16 +15,14 @@ Serve's own health routes (``/-/...``) are never refused.
 from __future__ import annotations
 
 import json
-import re
-import uuid
 
 from starlette.middleware import Middleware
 
 from cluster.settings import get_settings
+from serve_apps._private.http import safe_request_id
 
 PROXY_CALLBACK = "serve_apps.admission:middlewares"
 RETRY_AFTER_S = 1
-_SAFE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class Admission:
@@ -46,8 +44,7 @@ class Admission:
             self.in_flight -= 1
 
     async def _refuse(self, scope, send) -> None:
-        given = dict(scope["headers"]).get(b"x-request-id", b"")
-        rid = given.decode() if _SAFE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        rid = safe_request_id(dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1"))
         body = json.dumps(
             {"error": "overloaded", "detail": "Too many requests in flight.", "request_id": rid}
         ).encode()

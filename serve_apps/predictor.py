@@ -62,10 +62,13 @@ class Health:
     failures_in_a_row: int = 0
     unhealthy: str | None = None
 
-    def ran(self, ok: bool) -> None:
+    def ran(self, ok: bool) -> bool:
+        """Count a model run; True when this one made the replica unhealthy."""
         self.failures_in_a_row = 0 if ok else self.failures_in_a_row + 1
         if self.failures_in_a_row >= self.max_failures_in_a_row and self.unhealthy is None:
             self.unhealthy = f"{self.failures_in_a_row} ONNX Runtime runs failed in a row"
+            return True
+        return False
 
     def retire(self, reason: str) -> None:
         self.unhealthy = f"retired: {reason}"
@@ -117,8 +120,9 @@ class Predictor:
         """Fail this replica's health checks from now on, so that Serve drains and replaces
         it (e.g. one on a suspect host); its id is returned. An operator action."""
         self.health.retire(reason)
-        logger.warning("replica %s: %s", _replica_id(), self.health.unhealthy)
-        return _replica_id()
+        replica = _replica_id()
+        logger.warning("replica %s: %s", replica, self.health.unhealthy)
+        return replica
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def predict(self, inputs: list[np.ndarray]) -> list[Prediction]:
@@ -132,8 +136,7 @@ class Predictor:
         try:
             logits = model.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
         except Exception:
-            self.health.ran(ok=False)
-            if self.health.unhealthy:
+            if self.health.ran(ok=False):
                 logger.error("replica %s: %s", _replica_id(), self.health.unhealthy)
             raise
         self.health.ran(ok=True)

@@ -26,7 +26,12 @@ class ApiError(Exception):
 
 def request_id(request: Request) -> str:
     """The client's X-Request-ID when it is safe to echo, else a new one."""
-    given = request.headers.get(REQUEST_ID_HEADER, "")
+    return safe_request_id(request.headers.get(REQUEST_ID_HEADER, ""))
+
+
+def safe_request_id(given: str) -> str:
+    """``given`` when it is safe to echo and log (a short id of plain characters), else a
+    new id."""
     return given if _SAFE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 

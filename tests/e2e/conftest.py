@@ -23,6 +23,7 @@ import uvloop
 from ray import serve
 from ray.util.state import list_actors
 
+from bench._serve_load import read_response
 from cluster.deploy import deploy_models_api, rendered_config, wait_for_version
 from cluster.settings import Settings
 from models.registry import Registry
@@ -223,7 +224,7 @@ def open_loop(url: str, key: str, body: dict, rate: float, duration_s: float) ->
                 idle.pop() if idle else await asyncio.open_connection(target.hostname, target.port)
             )
             writer.write(head + f"X-Request-ID: {rid}\r\n\r\n".encode() + payload)
-            status, headers = await _read_response(reader)
+            status, headers = await read_response(reader)
             idle.append((reader, writer))
             at = headers.find(b"\r\nretry-after:")
             retry_after = (
@@ -252,19 +253,6 @@ def open_loop(url: str, key: str, body: dict, rate: float, duration_s: float) ->
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(run())
-
-
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    """One HTTP/1.1 response off ``reader``: its status and lowercased header block."""
-    headers = (await reader.readuntil(b"\r\n\r\n")).lower()
-    at = headers.find(b"\r\ncontent-length:")
-    if at >= 0:
-        await reader.readexactly(int(headers[at + 17 : headers.index(b"\r\n", at + 2)]))
-    elif b"transfer-encoding: chunked" in headers:
-        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
-            await reader.readexactly(size + 2)
-        await reader.readuntil(b"\r\n")
-    return int(headers[9:12]), headers
 
 
 class ServeOps:
