@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $@
 
 demo: $(STAMP)
-	$(BIN)/python -m cluster.demo
+	$(BIN)/python -m cluster.cli.demo
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest
 
 down: $(STAMP)
@@ -28,5 +28,7 @@ down: $(STAMP)
 status: $(STAMP)
 	$(BIN)/aimass status
 
+# Style (ruff) and the layer contracts in pyproject.toml (import-linter).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports

@@ -1,6 +1,13 @@
-"""Long-lived Ray actors: plain classes, made remote where they are created."""
+"""Long-lived Ray actors, one responsibility each: plain classes, made remote where created.
+
+- ``rate_limiter``: the global per-key quota every gateway replica leases from.
+- ``release``: releases (config, the controller actor that decides them, the gateway's client).
+- ``serve_singleton``: the one named, detached actor of a class in the Serve namespace.
+"""
 
 from __future__ import annotations
+
+__all__ = ["rate_limiter", "release", "serve_singleton"]
 
 
 def serve_singleton(cls: type, name: str, **options):

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jobs._private.deepspeed_setup import deepspeed_config
+from jobs import deepspeed_config
 from jobs.configs import TrainConfig
-from jobs.dataset import dataset_uri, read_manifest
+from models.dataset import dataset_uri, read_manifest
 from models.zoo import build_model
 
 DATASET = "python_stdlib"

@@ -396,15 +396,15 @@ def serve_champion(settings, model: str, train: str, folder: Path) -> Served:
     """Ingest and train (as jobs) when ``model`` has no champion, deploy the model API,
     create an API key and wait until the champion answers; fetch its package to ``folder``."""
     from cluster import storage
-    from cluster.deploy import deploy_models_api, rendered_config, wait_for_version
-    from cluster.jobs_client import run_job
-    from jobs.dataset import dataset_uri
+    from cluster.cli.deploy import deploy_models_api, rendered_config, wait_for_version
+    from cluster.cli.jobs_client import run_job
     from models import package
+    from models.dataset import dataset_uri
     from models.exceptions import ModelNotFound
     from models.registry import Registry
     from serve_apps.keys import KeyStore, keys_uri
 
-    registry = Registry(settings.mlflow_uri, storage.join(settings.storage_root, "mlflow"))
+    registry = Registry.from_settings(settings)
     try:
         info = registry.resolve(f"{model}@champion")
     except ModelNotFound:
@@ -501,7 +501,7 @@ def measure(settings, model: str, train: str, args, folder: Path, limit=None) ->
     check both answer, alternate the load, measure the client's ceiling. ``limit``, if
     given, is called as ``limit(served, instances, nice)`` while the model's files exist."""
     from cluster.local import cluster_processes
-    from jobs.dataset import dataset_uri, read_manifest
+    from models.dataset import dataset_uri, read_manifest
 
     served = serve_champion(settings, model, train, folder)
     try:

@@ -47,9 +47,9 @@ from bench._cluster import cluster, log
 from bench._report import emit, machine_info, write_results
 from cluster import storage
 from jobs.configs import TuneJobConfig
-from jobs.dataset import dataset_uri, read_manifest
 from jobs.ingest import IngestConfig, ingest
 from jobs.tune import EPOCHS, TrialContext, max_concurrent, new_tuner, start
+from models.dataset import dataset_uri, read_manifest
 from models.registry import Registry
 
 NAME = "asha_vs_random"
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         manifest = read_manifest(uri) if storage.exists(f"{uri}/manifest.json") else None
         manifest = manifest or ingest(IngestConfig(), settings.storage_root)
         tolerance = 1 / manifest.rows("val") if args.tolerance is None else args.tolerance
-        registry = Registry(settings.mlflow_uri, f"{settings.storage_root}/mlflow")
+        registry = Registry.from_settings(settings)
         # Trials and their Train workers log to the cluster; the bench prints progress only.
         ray.init(address=settings.gcs_address, logging_level="ERROR", log_to_driver=False)
         try:

@@ -6,7 +6,7 @@
 CI machines have no GPU, so the paths that only exist there (NCCL, bf16 compute, pinned-memory
 offload, DeepSpeedCPUAdam built by nvcc's toolchain, the CUDA ONNX Runtime provider) are run
 by this command instead of the tests. It needs torch with CUDA, DeepSpeed and safetensors; not
-Ray: the engine comes from ``jobs._private.deepspeed_setup``, exactly as each Ray Train worker
+Ray: the engine comes from ``jobs.initialize_deepspeed``, exactly as each Ray Train worker
 builds it, on a one-rank NCCL process group made here.
 
 Each case trains the ``gpt_125m`` preset's model (GPT-2 small shape, bf16) for a few steps on
@@ -76,7 +76,7 @@ def config_for(case: str) -> TrainConfig:
 
 
 def train_case(case: str, tokens: np.ndarray, steps: int) -> dict:
-    from jobs._private.deepspeed_setup import initialize
+    from jobs import initialize_deepspeed as initialize
 
     cfg = config_for(case)
     torch.cuda.reset_peak_memory_stats()
@@ -128,8 +128,10 @@ def train_case(case: str, tokens: np.ndarray, steps: int) -> dict:
 
 
 def checkpoint_case(tokens: np.ndarray) -> dict:
-    from jobs._private.checkpoints import load_shards, save_shard, verify
-    from jobs._private.deepspeed_setup import initialize
+    from jobs import initialize_deepspeed as initialize
+    from jobs import load_checkpoint_shards as load_shards
+    from jobs import save_checkpoint_shard as save_shard
+    from jobs import verify_checkpoint as verify
 
     cfg = config_for("ckpt")
     engine, _, _ = initialize(cfg, world_size=1, steps_per_epoch=10)

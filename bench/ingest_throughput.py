@@ -11,7 +11,7 @@ sequences stored as a fixed-size list of int16) with the whole standard library
 same ``train`` shards, ``--epochs`` times over, at the same batch size.
 
 Ours: a ``TorchTrainer`` with 2 CPU workers, its datasets built as the product builds
-them (``jobs._private.trainer.datasets`` with ``cache_data=False``: ``read_parquet`` over
+them (``jobs.train_datasets`` with ``cache_data=False``: ``read_parquet`` over
 the manifest's shard URIs, streamed every epoch, not materialized), each worker iterating
 ``ray.train.get_dataset_shard("train").iter_torch_batches(batch_size, drop_last=True)``
 and doing nothing else with the batches. Its rate is the rows of all workers together
@@ -73,10 +73,10 @@ from bench._cluster import cluster, log
 from bench._report import emit, machine_info, write_results
 from cluster import storage
 from cluster.settings import Settings
-from jobs._private.trainer import datasets
+from jobs import train_datasets
 from jobs.configs import TrainConfig
-from jobs.dataset import TOKENS, Manifest
 from jobs.ingest import IngestConfig, ingest
+from models.dataset import TOKENS, Manifest
 
 NAME = "ingest_throughput"
 GOAL = 0.8
@@ -284,7 +284,7 @@ def build_datasets(variant: Variant, manifest: Manifest) -> dict:
     needs ``read_parquet``'s arguments, then the same function with that one change."""
     train_cfg = TrainConfig(name=f"bench_{NAME}", cache_data=variant.cache_data)
     if variant.override_num_blocks is None:
-        return datasets(train_cfg, manifest)
+        return train_datasets(train_cfg, manifest)
     ray.data.DataContext.get_current().enable_progress_bars = False
     return {
         split: ray.data.read_parquet(

@@ -25,13 +25,16 @@ import psutil
 
 from cluster.exceptions import ClusterError
 from cluster.settings import Settings
-from serve_apps.admission import PROXY_CALLBACK
 
 _READY_TIMEOUT_S = 90.0
 # Set only in the environment of `ray start`, so every process of the cluster inherits it
 # (workers and agents rename themselves, e.g. "ray::DashboardAgent", and drop any other
 # trace of the cluster from their command line), and no process outside it has it.
 CLUSTER_MARK_ENV = "AIMASS_CLUSTER_MARK"
+# The admission middleware every Serve HTTP proxy loads (``serve_apps/admission.py``). A
+# string, not an import: the cluster layer must not import the Serve application (a unit
+# test checks that it resolves).
+PROXY_CALLBACK = "serve_apps.admission:middlewares"
 # Ray Serve reads these in each of its processes, so they are set where Ray starts:
 SERVE_ENV = {
     # Every HTTP proxy refuses excess requests before routing them (serve_apps.admission).

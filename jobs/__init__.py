@@ -1,1 +1,37 @@
-"""placeholder"""
+"""Jobs: entrypoints run as ``python -m jobs.<name>`` (each module's docstring shows its
+``ray job submit`` line), and the training engine they share.
+
+Entrypoints: ``ingest``, ``train``, ``tune``, ``compress``, ``evaluate``, ``release``. Typed
+configurations and their presets live in ``jobs.configs``.
+
+The names below are the engine's public surface (for benchmarks and other packages above
+this one); they load on first use, so that importing a job's config does not import
+DeepSpeed and Ray Train.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# public name -> (module, attribute)
+_EXPORTS = {
+    "deepspeed_config": ("jobs._private.deepspeed_setup", "deepspeed_config"),
+    "initialize_deepspeed": ("jobs._private.deepspeed_setup", "initialize"),
+    "train_datasets": ("jobs._private.trainer", "datasets"),
+    "make_trainer": ("jobs._private.trainer", "make_trainer"),
+    "fit": ("jobs._private.trainer", "fit"),
+    "load_model": ("jobs._private.trainer", "load_model"),
+    "save_checkpoint_shard": ("jobs._private.checkpoints", "save_shard"),
+    "load_checkpoint_shards": ("jobs._private.checkpoints", "load_shards"),
+    "verify_checkpoint": ("jobs._private.checkpoints", "verify"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    try:
+        module, attribute = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'jobs' has no attribute {name!r}") from None
+    return getattr(importlib.import_module(module), attribute)

@@ -26,17 +26,19 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 from cluster import storage
+from cluster.provenance import git_sha
 from cluster.settings import Settings, get_settings
 from jobs._private.cli import parse_config
 from jobs._private.publish import publish
-from jobs._private.runs import git_sha, mlflow_run
+from jobs._private.runs import mlflow_run
 from jobs._private.trainer import fit
 from jobs.configs import TrainConfig
-from jobs.dataset import Manifest, dataset_uri, read_manifest
 from models import compression, package
 from models.compression.latency import onnx_latency
+from models.dataset import Manifest, dataset_uri, read_manifest
 from models.onnx_export import INPUT_NAME, OUTPUT_NAME, cpu_session
-from models.registry import GIT_TAG, ModelVersionInfo, Registry
+from models.refs import GIT_TAG, ModelVersionInfo
+from models.registry import Registry
 from models.weights import load_weights
 from models.zoo import architecture, build_model
 
@@ -150,7 +152,7 @@ def compare(parent: Path, child: Path, manifest: Manifest) -> dict:
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(CompressConfig, __doc__.split("\n")[0], argv)
     settings = get_settings()
-    registry = Registry(settings.mlflow_uri, storage.join(settings.storage_root, "mlflow"))
+    registry = Registry.from_settings(settings)
     source = registry.resolve(cfg.from_)
     manifest = read_manifest(dataset_uri(settings.storage_root, cfg.dataset))
     run_name = f"{cfg.method}-{source.name}-v{source.version}"

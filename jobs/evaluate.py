@@ -23,14 +23,13 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from cluster import storage
 from cluster.settings import get_settings
 from jobs._private.cli import parse_config
 from jobs._private.publish import LM_TEST_ROWS, lm_test_metrics
 from jobs._private.runs import mlflow_run
-from jobs.dataset import dataset_uri, read_manifest
 from models import package
 from models.compression.latency import onnx_latency
+from models.dataset import dataset_uri, read_manifest
 from models.evaluation import (
     classification_metrics,
     confusion,
@@ -40,8 +39,10 @@ from models.evaluation import (
 )
 from models.exceptions import ModelNotFound
 from models.onnx_export import INPUT_NAME, OUTPUT_NAME, cpu_session
-from models.registry import CANDIDATE, CHAMPION, ModelRef, ModelVersionInfo, Registry
-from models.zoo import LM, architecture
+from models.refs import CANDIDATE, CHAMPION, ModelRef, ModelVersionInfo
+from models.registry import Registry
+from models.signature import LM
+from models.zoo import architecture
 
 
 class EvaluateConfig(BaseModel):
@@ -194,7 +195,7 @@ def evaluate_language_model(cfg, registry, info, folder, manifest, run_id) -> li
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(EvaluateConfig, __doc__.split("\n")[0], argv)
     settings = get_settings()
-    registry = Registry(settings.mlflow_uri, storage.join(settings.storage_root, "mlflow"))
+    registry = Registry.from_settings(settings)
     info = registry.resolve(cfg.model)
     folder = registry.fetch(info)
     lm = architecture(package.PackageConfig.read(folder).architecture).task == LM

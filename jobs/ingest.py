@@ -25,7 +25,7 @@ from sklearn.model_selection import train_test_split
 
 from cluster.settings import get_settings
 from jobs._private.cli import parse_config
-from jobs.dataset import Manifest, dataset_uri, token_table, write_dataset, write_tables
+from models.dataset import Manifest, dataset_uri, token_table, write_dataset, write_tables
 
 
 class IngestConfig(BaseModel):

@@ -7,7 +7,7 @@ Submit it to the cluster (run from the repository root; the model API must be de
     ray job submit ... -- python -m jobs.release --model digits --status
     ray job submit ... -- python -m jobs.release --model digits --abort
 
-The release controller actor does the work (actors/release_controller.py): it steps the
+The release controller actor does the work (actors/release/controller.py): it steps the
 canary (``--steps 5,25,50,100``) while the candidate's online metrics stay within the
 thresholds, and rolls it back by itself otherwise; the registry aliases follow. This job
 starts a release and follows it, printing each move, until it ends (``--no-wait`` returns at
@@ -25,8 +25,8 @@ import time
 import ray
 from pydantic import ValidationError
 
-from actors.release_controller import PASSED, PROMOTED, RUNNING, controller_actor
-from jobs.configs.release import ReleaseConfig, Thresholds
+from actors.release.config import ReleaseConfig, Thresholds
+from actors.release.controller import PASSED, PROMOTED, RUNNING, controller_actor
 
 
 def parse(argv: list[str] | None) -> tuple[argparse.Namespace, ReleaseConfig | None]:

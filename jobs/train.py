@@ -21,15 +21,17 @@ from __future__ import annotations
 import argparse
 import time
 
-from cluster import storage
+from cluster.provenance import git_sha
 from cluster.settings import get_settings
 from jobs._private.publish import gate_champion, publish
-from jobs._private.runs import git_sha, mlflow_run
+from jobs._private.runs import mlflow_run
 from jobs._private.trainer import fit
 from jobs.configs import PRESETS, TrainConfig, preset
-from jobs.dataset import dataset_uri, read_manifest
-from models.registry import GIT_TAG, Registry
-from models.zoo import LM, architecture
+from models.dataset import dataset_uri, read_manifest
+from models.refs import GIT_TAG
+from models.registry import Registry
+from models.signature import LM
+from models.zoo import architecture
 
 
 def parse(argv: list[str] | None) -> TrainConfig:
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = get_settings()
     manifest = read_manifest(dataset_uri(settings.storage_root, cfg.dataset))
     check_data(cfg, manifest)
-    registry = Registry(settings.mlflow_uri, storage.join(settings.storage_root, "mlflow"))
+    registry = Registry.from_settings(settings)
     tags = {GIT_TAG: git_sha(), "aimass.run_name": cfg.name}
     with mlflow_run(registry, cfg.register_as, cfg.name, cfg.to_dict(), tags) as run_id:
         print(

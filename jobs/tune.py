@@ -46,13 +46,14 @@ from ray.tune.schedulers import TrialScheduler
 from ray.util.queue import Queue
 
 from cluster import storage
+from cluster.provenance import git_sha
 from cluster.settings import Settings, get_settings
 from jobs._private.publish import publish
-from jobs._private.runs import git_sha
 from jobs._private.trainer import load_model, make_trainer
 from jobs.configs import PRESETS, Param, TrainConfig, TuneJobConfig
-from jobs.dataset import Manifest, dataset_uri, read_manifest
-from models.registry import CANDIDATE, GIT_TAG, Registry
+from models.dataset import Manifest, dataset_uri, read_manifest
+from models.refs import CANDIDATE, GIT_TAG
+from models.registry import Registry
 
 EXPERIMENT_TAG = "aimass.tune_experiment"
 TRIAL_TAG = "aimass.tune_trial"
@@ -90,9 +91,7 @@ class TrialContext:
         return experiment_uri(self.settings, self.job.name)
 
     def registry(self) -> Registry:
-        return Registry(
-            self.settings.mlflow_uri, storage.join(self.settings.storage_root, "mlflow")
-        )
+        return Registry.from_settings(self.settings)
 
 
 def with_epochs(metrics: dict) -> dict:
@@ -661,7 +660,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = get_settings()
     base = job.base()
     manifest = read_manifest(dataset_uri(settings.storage_root, base.dataset))
-    registry = Registry(settings.mlflow_uri, storage.join(settings.storage_root, "mlflow"))
+    registry = Registry.from_settings(settings)
     ray.init()
     parent = load_spec(settings, job.name)[1] if resume else start(job, registry, settings)
     if resume and registry.client.get_run(parent).info.status == "FINISHED":

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.exceptions import ArtifactIntegrityError
-from models.zoo import Signature
+from models.signature import Signature
 
 ONNX_FILE = "model.onnx"
 WEIGHTS_FILE = "model.safetensors"

@@ -4,14 +4,10 @@ A model version is an immutable package (see ``models.package``) logged as the a
 of an MLflow run. Its lineage lives in version tags written when the version is created and
 never changed: the parent version it was derived from (``aimass.parent`` = ``digits@3``), the
 package's manifest hash and, from the training job, the data manifest hash and git commit.
-Aliases (``champion`` serves, ``candidate`` is next) are the source of truth for what
-serves. References are ``name``, ``name@alias`` or ``name@<version>``; names are checked
-before anything touches a path or a URL.
+Names, references, aliases and lineage tags are spelled in ``models.refs`` (free of MLflow).
 
-Alias history: every move made here is kept as its own registered-model tag
-``aimass.alias_event.<ns>-<random>`` holding compact JSON (when, alias, from, to, why, who).
-One tag per event, never a shared list rewritten, so concurrent writers cannot lose each
-other's events. ``rollback`` undoes the last move of an alias (a second rollback undoes the
+Alias history: every move made here is recorded (``models.alias_events``, one tag per
+event). ``rollback`` undoes the last move of an alias (a second rollback undoes the
 first). A move and its event are two writes: a process killed between them leaves the move
 unrecorded, never an event for a move that did not happen.
 
@@ -33,21 +29,16 @@ Registry writes go through ``_retry``, a short bounded backoff on top.
 from __future__ import annotations
 
 import atexit
-import getpass
 import json
 import os
 import random
-import re
-import secrets
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlparse
 
 import mlflow
@@ -56,131 +47,30 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils import get_results_from_paginated_fn
 
 from models import package
-from models.exceptions import ArtifactIntegrityError, InvalidModelRef, ModelError, ModelNotFound
+from models.alias_events import EVENT_PREFIX, AliasEvent
+from models.exceptions import ArtifactIntegrityError, ModelError, ModelNotFound
+from models.refs import (
+    CHAMPION,
+    DATA_TAG,
+    GIT_TAG,
+    MANIFEST_TAG,
+    PARENT_TAG,
+    ModelRef,
+    ModelSummary,
+    ModelVersionInfo,
+    check_name,
+)
+
+if TYPE_CHECKING:
+    from cluster.settings import Settings
 
 # Job logs and replica logs are read by people: no per-file progress bars in them.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-CHAMPION = "champion"
-CANDIDATE = "candidate"
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
-MANIFEST_TAG = "aimass.manifest_sha256"
-PARENT_TAG = "aimass.parent"
-DATA_TAG = "aimass.data_manifest_sha256"
-GIT_TAG = "aimass.git_sha"
-EVENT_PREFIX = "aimass.alias_event."
-# MLflow validates registry tag values up to 100 000 characters, but its SQL schema stores
-# them as VARCHAR(5000), which PostgreSQL and MySQL enforce: a capped reason keeps an event
-# (the rest of it is < 300 characters) far below that.
-_REASON_MAX = 1000
 # Seconds between attempts (each one doubled at random): ~10 s in all, after MLflow's own
 # 20 s wait for the SQLite lock has already run out on each attempt.
 _RETRY_DELAYS_S = (0.1, 0.3, 0.9, 2.7, 5.0)
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True, slots=True)
-class ModelRef:
-    """A parsed reference to a model version: by alias, by number, or ``champion`` by default."""
-
-    name: str
-    alias: str | None = None
-    version: int | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> ModelRef:
-        name, at, selector = text.partition("@")
-        check_name(name, "model name")
-        if not at:
-            return cls(name, alias=CHAMPION)
-        if selector.isdigit():
-            return cls(name, version=int(selector))
-        check_name(selector, "alias")
-        return cls(name, alias=selector)
-
-    def __str__(self) -> str:
-        return f"{self.name}@{self.alias if self.alias else self.version}"
-
-
-def check_name(value: str, what: str = "name") -> str:
-    """Accept letters, digits, '-' and '_' only: no paths, URLs or traversal can pass."""
-    if not _NAME.fullmatch(value or ""):
-        raise InvalidModelRef(
-            f"Invalid {what} {value!r}: use 1-64 letters, digits, '-' or '_', starting "
-            "with a letter.",
-            value=str(value),
-        )
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class ModelVersionInfo:
-    name: str
-    version: int
-    source: str
-    run_id: str | None
-    manifest_sha256: str
-    tags: dict[str, str]
-    aliases: tuple[str, ...]
-    parent: str | None = None
-    """The version this one was derived from, as ``name@version``; None for a fresh model."""
-
-
-@dataclass(frozen=True, slots=True)
-class ModelSummary:
-    """A registered model at a glance: its newest version and where its aliases point."""
-
-    name: str
-    latest_version: int | None
-    aliases: dict[str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class AliasEvent:
-    """One move of an alias, as recorded in the registry."""
-
-    model: str
-    alias: str
-    from_version: int | None
-    """The version the alias pointed at before; None when the alias was new."""
-    to_version: int
-    reason: str
-    who: str
-    """``user@host`` of the process that moved it."""
-    when: str
-    """UTC, ISO 8601."""
-    key: str
-    """The registered-model tag it is stored under; orders events by the writer's clock."""
-
-    def to_json(self) -> str:
-        data = {
-            "when": self.when,
-            "alias": self.alias,
-            "from": self.from_version,
-            "to": self.to_version,
-            "why": self.reason,
-            "who": self.who,
-        }
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-
-    @classmethod
-    def from_tag(cls, model: str, key: str, value: str) -> AliasEvent:
-        data = json.loads(value)
-        return cls(
-            model=model,
-            alias=data["alias"],
-            from_version=data["from"],
-            to_version=data["to"],
-            reason=data["why"],
-            who=data["who"],
-            when=data["when"],
-            key=key,
-        )
-
-    @property
-    def order(self) -> tuple[int, str]:
-        ns, _, rand = self.key.removeprefix(EVENT_PREFIX).partition("-")
-        return int(ns), rand
 
 
 class Registry:
@@ -198,6 +88,13 @@ class Registry:
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Registry:
+        """The cluster's registry: its tracking URI, artifacts under ``<storage>/mlflow``."""
+        from cluster import storage
+
+        return cls(settings.mlflow_uri, storage.join(settings.storage_root, "mlflow"))
 
     def experiment(self, name: str) -> str:
         """The id of experiment ``name``, created with its artifacts under ``artifact_root``."""
@@ -318,18 +215,7 @@ class Registry:
     def _record(
         self, name: str, alias: str, before: int | None, after: int, reason: str
     ) -> AliasEvent:
-        ns = time.time_ns()
-        event = AliasEvent(
-            model=name,
-            alias=alias,
-            from_version=before,
-            to_version=after,
-            reason=" ".join(reason.split())[:_REASON_MAX],  # one line, bounded
-            who=_who(),
-            when=datetime.fromtimestamp(ns / 1e9, timezone.utc).isoformat(timespec="microseconds"),
-            # The random part keeps two writers' keys apart even within one nanosecond.
-            key=f"{EVENT_PREFIX}{ns}-{secrets.token_hex(4)}",
-        )
+        event = AliasEvent.new(name, alias, before, after, reason)
         _retry(self.client.set_registered_model_tag, name, event.key, event.to_json())
         return event
 
@@ -519,14 +405,6 @@ def _busy(err: MlflowException) -> bool:
         or "database is locked" in text
         or "Model Version creation error" in text  # MLflow's own retries ran out
     )
-
-
-def _who() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no login name, e.g. a container's arbitrary uid
-        user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}"
 
 
 def _side_by_side(a: dict, b: dict) -> dict[str, tuple]:

@@ -8,7 +8,7 @@ request past ``proxy_max_in_flight`` requests in flight through this proxy gets 
 503 with ``Retry-After`` and the gateway's JSON error body, in microseconds of Python.
 
 Serve loads it in each proxy through ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``
-(``serve_apps.admission:middlewares``), set where the cluster starts (``cluster.local``).
+(``cluster.local.PROXY_CALLBACK``), set where the cluster starts.
 Serve's own health routes (``/-/...``) are never refused.
 """
 
@@ -21,7 +21,6 @@ from starlette.middleware import Middleware
 from cluster.settings import get_settings
 from serve_apps._private.http import safe_request_id
 
-PROXY_CALLBACK = "serve_apps.admission:middlewares"
 RETRY_AFTER_S = 1
 
 

@@ -31,12 +31,14 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
 from actors import serve_singleton
+from actors.exceptions import ActorUnavailable
 from actors.rate_limiter import LIMITER_NAME, Lease, LeasedQuota, Quota, RateLimiter
-from actors.release_controller import Outcome, in_candidate_share
+from actors.release.client import ReleaseClient
+from actors.release.routing import Mode, Outcome, Route
 from cluster.settings import get_settings
 from models.exceptions import IncompatibleModel, InvalidModelRef, ModelNotFound
-from models.registry import CHAMPION, check_name
-from models.zoo import LM
+from models.refs import CHAMPION, check_name
+from models.signature import LM
 from serve_apps._private.http import (
     ApiError,
     error_response,
@@ -47,15 +49,14 @@ from serve_apps._private.http import (
 )
 from serve_apps._private.metrics import gateway_metrics
 from serve_apps._private.model_ids import model_id
-from serve_apps._private.releases import ReleaseClient
-from serve_apps.generator import GenerateRequest
+from serve_apps._private.prediction import Prediction
 from serve_apps.keys import AuthError, KeyRecord, KeyStore, keys_uri, presented_key
-from serve_apps.predictor import Prediction
 from serve_apps.schemas import (
     ErrorResponse,
     FeedbackRequest,
     FeedbackResponse,
     GatewayConfig,
+    GenerateRequest,
     ModelInfo,
     ModelList,
     PredictRequest,
@@ -124,6 +125,14 @@ api.add_middleware(_Observed)
 async def _api_error(request: Request, err: ApiError) -> JSONResponse:
     request.state.error = err.code
     return error_response(err, getattr(request.state, "request_id", None))
+
+
+@api.exception_handler(ActorUnavailable)
+async def _actor_unavailable(request: Request, err: ActorUnavailable) -> JSONResponse:
+    logger.warning("%s", err)
+    request.state.error = "routing_unavailable"
+    unavailable = ApiError(503, "routing_unavailable", "Try again shortly.", {"Retry-After": "1"})
+    return error_response(unavailable, getattr(request.state, "request_id", None))
 
 
 @api.exception_handler(HTTPException)
@@ -276,11 +285,11 @@ class Gateway:
         await self._authenticate(request, authorization, x_api_key)
         models = []
         for name, route in sorted((await self.releases.routes()).items()):
-            info = await self.releases.signature(name, route["champion"])
+            info = await self.releases.signature(name, route.champion)
             models.append(
                 ModelInfo(
                     name=name,
-                    version=route["champion"],
+                    version=route.champion,
                     alias=CHAMPION,
                     input_shape=info["signature"]["input_shape"],
                     num_classes=info["signature"]["num_classes"],
@@ -306,7 +315,7 @@ class Gateway:
         callers a running release sends there; the answer names the version."""
         record = await self._authenticate(request, authorization, x_api_key)
         route = await self._route(name)
-        inputs = await self._inputs(name, route["champion"], request)
+        inputs = await self._inputs(name, route.champion, request)
         caller = safe_header(request, "X-User-ID") or record.id
         answer = await self._answer(name, route, inputs, caller, request.state.request_id)
         request.state.version = answer.version
@@ -391,7 +400,7 @@ class Gateway:
         events: ``data: {"text": ...}`` per piece, then ``event: done`` with the version and
         the number of pieces. Closing the connection stops the generation."""
         await self._authenticate(request, authorization, x_api_key)
-        version = (await self._route(name))["champion"]
+        version = (await self._route(name)).champion
         request.state.model, request.state.version = name, version
         try:
             info = await self.releases.signature(name, version)
@@ -433,7 +442,7 @@ class Gateway:
         except InvalidModelRef as err:
             raise ApiError(422, "invalid_model_name", str(err)) from None
 
-    async def _route(self, name: str) -> dict:
+    async def _route(self, name: str) -> Route:
         self._check_name(name)
         route = (await self.releases.routes()).get(name)
         if route is None:
@@ -463,20 +472,20 @@ class Gateway:
         return self._to_array(name, parsed, info["signature"]["input_shape"])
 
     async def _answer(
-        self, name: str, route: dict, inputs: np.ndarray, caller: str, rid: str
+        self, name: str, route: Route, inputs: np.ndarray, caller: str, rid: str
     ) -> PredictResponse:
         """Champion or candidate, as the route says for this caller. A candidate's failure
         is answered by the champion (the client never sees it) and reported to the release
         controller, which rolls the candidate back."""
-        champion, candidate = route["champion"], route["candidate"]
-        if candidate is None or not in_candidate_share(route["release"], caller, route["share"]):
+        champion, candidate = route.champion, route.candidate
+        if not route.sends_to_candidate(caller):
             return self._response(name, await self._observed(name, champion, inputs, rid), rid)
-        if route["mode"] == "shadow":  # the champion answers; a copy goes to the candidate
+        if route.mode is Mode.SHADOW:  # the champion answers; a copy goes to the candidate
             result = await self._observed(name, champion, inputs, rid)
             self._in_background(self._observed(name, candidate, inputs, rid, compare_to=result))
             return self._response(name, result, rid)
         reference = None
-        if route["compare"]:  # the champion's answer too, to measure agreement
+        if route.compare:  # the champion's answer too, to measure agreement
             reference = asyncio.ensure_future(self._call(name, champion, inputs))
         try:
             result = await self._observed(name, candidate, inputs, rid, compare_to=reference)

@@ -25,15 +25,15 @@ import numpy as np
 import onnxruntime as ort
 from ray import serve
 
-from cluster import storage
 from cluster.settings import get_settings
 from models import package
 from models.evaluation import softmax
 from models.onnx_export import INPUT_NAME, OUTPUT_NAME, cpu_session
 from models.registry import Registry
-from models.zoo import Signature
+from models.signature import Signature
 from serve_apps._private.metrics import batch_sizes
 from serve_apps._private.model_ids import parse_model_id
+from serve_apps._private.prediction import Prediction
 from serve_apps.schemas import PredictorConfig
 
 logger = logging.getLogger("ray.serve")
@@ -45,12 +45,6 @@ class LoadedModel:
     version: int
     session: ort.InferenceSession
     signature: Signature
-
-
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    version: int
-    probabilities: np.ndarray  # (n, num_classes)
 
 
 @dataclass(slots=True)
@@ -86,7 +80,7 @@ def _replica_id() -> str:
 class Predictor:
     def __init__(self) -> None:
         settings = get_settings()
-        self.registry = Registry(settings.mlflow_uri, storage.join(settings.storage_root, "mlflow"))
+        self.registry = Registry.from_settings(settings)
         self.config = PredictorConfig()
         self.health = Health(self.config.max_consecutive_failures)
 

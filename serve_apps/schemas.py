@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
@@ -114,3 +114,93 @@ class PredictorConfig(BaseModel):
         description="Failed ONNX Runtime runs in a row after which the replica "
         "reports itself unhealthy (Serve replaces it).",
     )
+
+
+GENERATION_LIMITS = "limits"
+"""Validation context key: the GeneratorConfig a GenerateRequest must fit (the Generator
+replica validates with its own limits; the gateway checks the schema alone)."""
+
+
+class GeneratorConfig(BaseModel):
+    """Generator tunables (``user_config`` of the Generator deployment), changeable live."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_prompt_chars: int = Field(
+        2048, ge=1, le=1_000_000, description="Longest prompt accepted, in characters."
+    )
+    max_new_tokens: int = Field(
+        256, ge=1, le=100_000, description="Most tokens (bytes) one request may ask for."
+    )
+    threads: int = Field(
+        1, ge=1, le=256, description="torch intra-op threads per forward (torch.set_num_threads)."
+    )
+    max_models_per_replica: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Model versions a replica keeps loaded (least recently used goes first). "
+        "Fixed at a replica's first request: a later change applies to replicas started after it.",
+    )
+
+
+class GenerateRequest(BaseModel):
+    """Text to continue, and how to sample the continuation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(
+        min_length=1,
+        description="Text to continue. Tokens are UTF-8 bytes; a prompt longer than the "
+        "model's block_size bytes is cut to its last block_size bytes.",
+        examples=["Once upon a time"],
+    )
+    max_new_tokens: int = Field(
+        64,
+        ge=1,
+        strict=True,
+        description="Tokens to sample: each is one byte, so a character may take up to 4. "
+        "At most the server's limit (256 by default).",
+    )
+    temperature: FiniteFloat = Field(
+        1.0,
+        gt=0,
+        le=5,
+        description="Divides the logits: below 1 sharper and more predictable, above 1 flatter.",
+    )
+    top_k: int | None = Field(
+        None,
+        ge=1,
+        strict=True,
+        description="Sample from the k most likely tokens only; null samples from all of them.",
+    )
+    seed: int | None = Field(
+        None,
+        ge=0,
+        lt=2**63,
+        strict=True,
+        description="Random seed: the same seed, prompt and model version give the same text. "
+        "Null draws a fresh one.",
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_within_limit(cls, prompt: str, info: ValidationInfo) -> str:
+        limits: GeneratorConfig | None = (info.context or {}).get(GENERATION_LIMITS)
+        if limits is not None and len(prompt) > limits.max_prompt_chars:
+            raise ValueError(
+                f"{len(prompt)} characters; this server takes at most "
+                f"{limits.max_prompt_chars}: send the end of your text only"
+            )
+        return prompt
+
+    @field_validator("max_new_tokens")
+    @classmethod
+    def _tokens_within_limit(cls, tokens: int, info: ValidationInfo) -> int:
+        limits: GeneratorConfig | None = (info.context or {}).get(GENERATION_LIMITS)
+        if limits is not None and tokens > limits.max_new_tokens:
+            raise ValueError(
+                f"{tokens} asked; this server samples at most {limits.max_new_tokens} per "
+                "request: ask for fewer and continue from the text you got"
+            )
+        return tokens

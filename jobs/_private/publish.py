@@ -15,14 +15,16 @@ import torch
 from torch import nn
 
 from jobs.configs import ChampionGate
-from jobs.dataset import Manifest
 from models import package
+from models.dataset import Manifest
 from models.evaluation import classification_metrics, confusion, language_model_metrics, softmax
 from models.gpt import LogitsOnly
 from models.onnx_export import INPUT_NAME, OUTPUT_NAME, check_parity, cpu_session, export_onnx
-from models.registry import CHAMPION, DATA_TAG, ModelVersionInfo, Registry
+from models.refs import CHAMPION, DATA_TAG, ModelVersionInfo
+from models.registry import Registry
+from models.signature import LM
 from models.weights import save_weights
-from models.zoo import LM, architecture
+from models.zoo import architecture
 
 LM_TEST_ROWS = 512
 """Test sequences a language model's published loss is measured on (ONNX Runtime on CPU

@@ -3,18 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
-from cluster.jobs_client import git_sha as folder_git_sha
 from models.registry import Registry
-
-
-def git_sha() -> str:
-    """The code's commit: AIMASS_GIT_SHA when the submitter set it (Ray leaves .git out of
-    the uploaded working dir), else the working dir's own git, else "unknown"."""
-    return os.environ.get("AIMASS_GIT_SHA") or folder_git_sha(Path.cwd())
 
 
 @contextlib.contextmanager

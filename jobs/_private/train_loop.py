@@ -33,8 +33,9 @@ from jobs._private.checkpoints import CheckpointError, load_shards, save_shard
 from jobs._private.deepspeed_setup import initialize
 from jobs._private.train_metrics import TrainMetrics
 from jobs.configs import TrainConfig
+from models.signature import LM
 from models.weights import save_weights
-from models.zoo import LM, architecture
+from models.zoo import architecture
 
 WEIGHTS = "model.safetensors"
 

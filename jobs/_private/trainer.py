@@ -13,7 +13,7 @@ from cluster import storage
 from cluster.settings import Settings
 from jobs._private.train_loop import WEIGHTS, train_func
 from jobs.configs import TrainConfig
-from jobs.dataset import Manifest
+from models.dataset import Manifest
 from models.weights import load_weights
 from models.zoo import build_model
 

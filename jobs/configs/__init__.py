@@ -4,7 +4,6 @@ A preset is a function returning a config; variants derive from a base with
 ``dataclasses.replace``. ``python -m jobs.train --config <preset>`` picks one by name.
 """
 
-from jobs.configs.release import ReleaseConfig, Thresholds
 from jobs.configs.train import PRESETS, ChampionGate, TrainConfig, preset
 from jobs.configs.tune import Param, TuneJobConfig
 
@@ -12,8 +11,6 @@ __all__ = [
     "PRESETS",
     "ChampionGate",
     "Param",
-    "ReleaseConfig",
-    "Thresholds",
     "TrainConfig",
     "TuneJobConfig",
     "preset",

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from models.zoo import LM, architecture
+from models.signature import LM
+from models.zoo import architecture
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,8 @@ from torch import nn
 from torch.nn.utils import prune
 
 from models.digits import DigitsCNN
+from models.digits_transformer import DigitsTransformer
 from models.exceptions import ModelError
-from models.transformer import DigitsTransformer
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
 

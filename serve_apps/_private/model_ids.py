@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from models.exceptions import InvalidModelRef
-from models.registry import check_name
+from models.refs import check_name
 
 _MODEL_ID = re.compile(r"(?P<name>[^:]+):(?P<version>[1-9][0-9]{0,8})")
 

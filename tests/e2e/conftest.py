@@ -24,7 +24,7 @@ from ray import serve
 from ray.util.state import list_actors
 
 from bench._serve_load import read_response
-from cluster.deploy import deploy_models_api, rendered_config, wait_for_version
+from cluster.cli.deploy import deploy_models_api, rendered_config, wait_for_version
 from cluster.settings import Settings
 from models.registry import Registry
 
@@ -81,7 +81,7 @@ def served(local_cluster: Settings, repo_root: Path) -> Served:
         [aimass, "keys", "create", "e2e"], capture_output=True, text=True, check=True
     )
     key = created.stdout.strip().splitlines()[-1]
-    registry = Registry(local_cluster.mlflow_uri, f"{local_cluster.storage_root}/mlflow")
+    registry = Registry.from_settings(local_cluster)
     version = registry.resolve("digits@champion").version
     deploy_models_api(local_cluster)
     wait_for_version(local_cluster, key, "digits", version)

@@ -9,10 +9,10 @@ import httpx
 import pytest
 from ray._common.test_utils import wait_for_condition
 
-from cluster.deploy import wait_for_version
-from cluster.load import query_split
-from jobs.dataset import dataset_uri, read_manifest
-from models.registry import CHAMPION
+from cluster.cli.deploy import wait_for_version
+from cluster.cli.query import query_split
+from models.dataset import dataset_uri, read_manifest
+from models.refs import CHAMPION
 from serve_apps.keys import KeyStore, keys_uri
 
 ROW = ",".join(["3"] * 64)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from models import package
-from models.registry import CANDIDATE, CHAMPION
+from models.refs import CANDIDATE, CHAMPION
 
 
 def comparison(stdout: str) -> dict:

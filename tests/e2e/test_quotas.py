@@ -12,7 +12,7 @@ import httpx
 from ray._common.test_utils import wait_for_condition
 
 from actors.rate_limiter import Quota
-from cluster.deploy import rendered_config
+from cluster.cli.deploy import rendered_config
 from serve_apps.keys import KeyStore, keys_uri
 
 BODY = '{"instances": [[' + ",".join(["3"] * 64) + "]]}"

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from cluster.deploy import wait_for_version
+from cluster.cli.deploy import wait_for_version
 from jobs._private.publish import publish
-from jobs.dataset import dataset_uri, read_manifest
+from models.dataset import dataset_uri, read_manifest
 from models.zoo import build_model
 
 DIGITS = load_digits()

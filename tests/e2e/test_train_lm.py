@@ -21,9 +21,9 @@ from ray._common.test_utils import wait_for_condition
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from cluster import storage
-from cluster.deploy import wait_for_version
+from cluster.cli.deploy import wait_for_version
 from cluster.settings import Settings
-from jobs.dataset import dataset_uri, read_manifest
+from models.dataset import dataset_uri, read_manifest
 from models.registry import Registry
 
 RUN = "lm-faults"
@@ -156,12 +156,12 @@ def test_killed_worker_and_resubmitted_run_resume_from_their_checkpoints(
     assert max(again.steps()) == total
     assert re.search(r"\[train\] registered gpt version \d+; test loss", again.log)
 
-    registry = Registry(local_cluster.mlflow_uri, f"{local_cluster.storage_root}/mlflow")
+    registry = Registry.from_settings(local_cluster)
     assert registry.client.search_model_versions("name='gpt'")
 
 
 def test_evaluate_measures_a_language_model_by_loss_and_perplexity(submit, local_cluster):
-    registry = Registry(local_cluster.mlflow_uri, f"{local_cluster.storage_root}/mlflow")
+    registry = Registry.from_settings(local_cluster)
     versions = registry.client.search_model_versions("name='gpt'")
     assert versions, "needs the version the training test registered"
     latest = max(int(v.version) for v in versions)

@@ -26,7 +26,8 @@ from cluster import storage
 from cluster.settings import Settings
 from jobs.ingest import IngestConfig, ingest
 from jobs.tune import EXPERIMENT_TAG, TRIAL_TAG
-from models.registry import CANDIDATE, DATA_TAG, GIT_TAG, Registry
+from models.refs import CANDIDATE, DATA_TAG, GIT_TAG
+from models.registry import Registry
 
 # An interrupted and resumed experiment of 4 small trials takes a few minutes; on a
 # crowded 2-core machine (DeepSpeed's first JIT build included) it has taken ~15.
@@ -53,7 +54,7 @@ def registry(local_cluster: Settings) -> Registry:
     # The digits shards, unless an earlier test ingested them (ingest is deterministic).
     if not storage.exists(f"{local_cluster.storage_root}/datasets/digits/manifest.json"):
         ingest(IngestConfig(), local_cluster.storage_root)
-    return Registry(local_cluster.mlflow_uri, f"{local_cluster.storage_root}/mlflow")
+    return Registry.from_settings(local_cluster)
 
 
 def trial_runs(registry: Registry) -> list:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from models.registry import CHAMPION, Registry
+from models.refs import CHAMPION
+from models.registry import Registry
 
 WORKERS = 2
 ROUNDS = 5

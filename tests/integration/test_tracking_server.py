@@ -17,10 +17,11 @@ import httpx
 import pytest
 from ray._common.test_utils import wait_for_condition
 
-from cluster.cli import main
+from cluster.cli.aimass import main
 from cluster.local import free_port
 from models import package
-from models.registry import CHAMPION, GIT_TAG, Registry
+from models.refs import CHAMPION, GIT_TAG
+from models.registry import Registry
 
 START_TIMEOUT_S = 120
 PROXIED_ROOT = "mlflow-artifacts:/aimass"

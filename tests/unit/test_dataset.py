@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from jobs.dataset import dataset_uri, read_manifest
 from jobs.ingest import IngestConfig, ingest
+from models.dataset import dataset_uri, read_manifest
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from ray.exceptions import RayTaskError
 
 from models.exceptions import IncompatibleModel, ModelNotFound
 from serve_apps.gateway import _generation_error
-from serve_apps.generator import GenerateRequest
+from serve_apps.schemas import GenerateRequest
 
 
 def _from_replica(err: Exception) -> Exception:

@@ -17,11 +17,12 @@ from pydantic import ValidationError
 from models import package
 from models.exceptions import IncompatibleModel, InvalidModelRef, ModelNotFound
 from models.gpt import GPT, decode, encode
-from models.registry import ModelVersionInfo
+from models.refs import ModelVersionInfo
 from models.weights import save_weights
 from models.zoo import architecture, build_model
 from serve_apps import generator as generator_module
-from serve_apps.generator import GenerateRequest, Generator, GeneratorConfig
+from serve_apps.generator import Generator
+from serve_apps.schemas import GenerateRequest, GeneratorConfig
 
 ASCII = {"preset": "tiny", "vocab_size": 128}  # every token one character: one piece per token
 

@@ -129,7 +129,7 @@ def test_records_written_before_scopes_and_quotas_still_read(tmp_path):
 
 
 def test_cli_creates_and_lists_keys_with_scope_and_quota(settings_env, capsys):
-    from cluster import cli
+    from cluster.cli import aimass as cli
 
     cli.main(["keys", "create", "metered", "--scope", "predict", "--rate", "50", "--burst", "100"])
     key = capsys.readouterr().out.strip().splitlines()[-1]

@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 from mlflow.exceptions import MlflowException
 
-from cluster import storage
-from cluster.cli import main
+from cluster.cli.aimass import main
 from models import package
 from models import registry as registry_module
 from models.exceptions import ArtifactIntegrityError, InvalidModelRef, ModelNotFound
-from models.registry import CANDIDATE, CHAMPION, DATA_TAG, GIT_TAG, ModelRef, Registry
+from models.refs import CANDIDATE, CHAMPION, DATA_TAG, GIT_TAG, ModelRef
+from models.registry import Registry
 
 
 @pytest.fixture
@@ -222,7 +222,7 @@ def test_retry_waits_out_a_busy_database_and_gives_up_in_bounds(monkeypatch):
 @pytest.fixture
 def cli_registry(settings_env):
     """The registry `aimass models` opens, under a temp AIMASS_HOME."""
-    return Registry(settings_env.mlflow_uri, storage.join(settings_env.storage_root, "mlflow"))
+    return Registry.from_settings(settings_env)
 
 
 def test_cli_models_list_show_promote_rollback_history(cli_registry, make_package, capsys):

@@ -5,16 +5,15 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from actors.release_controller import (
+from actors.release.config import ReleaseConfig, Thresholds
+from actors.release.controller import (
     PROMOTED,
     ROLLED_BACK,
     OnlineStats,
-    Outcome,
     Release,
-    in_candidate_share,
     judge,
 )
-from jobs.configs.release import ReleaseConfig, Thresholds
+from actors.release.routing import Outcome, Route, in_candidate_share
 from jobs.release import parse
 
 
@@ -92,3 +91,12 @@ def test_the_cli_builds_the_config_and_refuses_bad_flags(capsys):
     with pytest.raises(SystemExit) as exit_:
         parse(["--model", "digits", "--steps", "10,50"])
     assert exit_.value.code == 2 and "ends at 100" in capsys.readouterr().err
+
+
+def test_a_route_sends_a_caller_to_the_candidate_only_inside_the_share():
+    callers = [f"key{i}" for i in range(400)]
+    assert not any(Route(champion=1).sends_to_candidate(c) for c in callers)
+    half = Route(champion=1, candidate=2, share=0.5, release="r1")
+    inside = [c for c in callers if half.sends_to_candidate(c)]
+    assert 150 < len(inside) < 250
+    assert inside == [c for c in callers if in_candidate_share("r1", c, 0.5)]

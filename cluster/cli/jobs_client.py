@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,19 +10,12 @@ from pathlib import Path
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from cluster.exceptions import ClusterError
+from cluster.provenance import GIT_SHA_ENV, git_sha
 from cluster.settings import Settings
 
 # The jobs' own progress lines, e.g. "[train] epoch 3/30 ...", without Ray's prefixes.
 _PROGRESS = re.compile(r"\[(ingest|train|tune|compress|evaluate)\] .*")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def git_sha(folder: Path) -> str:
-    """The commit checked out in ``folder``, or "unknown" outside a git checkout."""
-    out = subprocess.run(
-        ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True
-    )
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
 def run_job(
@@ -41,7 +33,7 @@ def run_job(
     client = JobSubmissionClient(settings.dashboard_url)
     runtime_env = {
         "working_dir": str(working_dir),
-        "env_vars": {"AIMASS_GIT_SHA": git_sha(working_dir)},
+        "env_vars": {GIT_SHA_ENV: git_sha(working_dir)},
     }
     job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
     echo(f"submitted {job_id}: {entrypoint}")

@@ -16,17 +16,17 @@ from pathlib import Path
 
 from rich.panel import Panel
 
-from cluster import local, storage
-from cluster.console import make_console
-from cluster.deploy import deploy_models_api, wait_for_version
-from cluster.jobs_client import run_job
-from cluster.load import query_split
+from cluster import local
+from cluster.cli.console import make_console
+from cluster.cli.deploy import deploy_models_api, wait_for_version
+from cluster.cli.jobs_client import run_job
+from cluster.cli.query import query_split
 from cluster.settings import Settings, get_settings
-from jobs.dataset import dataset_uri, read_manifest
+from models.dataset import dataset_uri, read_manifest
 from models.registry import Registry
 from serve_apps.keys import KeyStore, keys_uri
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # the working dir the jobs upload
 console = make_console()
 
 
@@ -71,7 +71,7 @@ def main() -> None:
     run_job(settings, "python -m jobs.ingest --dataset digits", REPO, echo)
     step(3, 6, "train: Ray Train + DeepSpeed ZeRO-2 on 2 workers, then register in MLflow")
     run_job(settings, "python -m jobs.train --config digits_cnn", REPO, echo)
-    registry = Registry(settings.mlflow_uri, storage.join(settings.storage_root, "mlflow"))
+    registry = Registry.from_settings(settings)
     champion = registry.resolve("digits@champion")
     step(4, 6, f"deploy: serve deploy serve_apps/serve_config.yaml (digits v{champion.version})")
     deploy_models_api(settings)

@@ -3,7 +3,7 @@
 ``ReleaseController`` is the actor (a plain class; ``controller_actor`` makes it the one named,
 detached actor of the Serve namespace). It holds the routing table every gateway replica
 follows — per model: the ``champion`` version, and while a release runs the candidate, its
-share and the mode (jobs/configs/release.py) — and it decides releases by itself:
+share and the mode (``actors.release.config``) — and it decides releases by itself:
 
 - Gateway replicas send it each answer's outcome in batches (version, ok, latency, whether
   it agreed with the champion, the predictions for later feedback). Labels sent back through
@@ -22,7 +22,6 @@ and only reports them here, so rolling back a bad candidate costs no failed requ
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import tempfile
@@ -34,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.configs.release import ReleaseConfig, Thresholds
+from actors.release.config import ReleaseConfig, Thresholds
+from actors.release.routing import Mode, Outcome, Route
 
 logger = logging.getLogger(__name__)
 
@@ -48,26 +48,6 @@ RUNNING, PROMOTED, ROLLED_BACK, PASSED, ABORTED = (
 )
 _LATENCIES_KEPT = 4096  # per version and step: enough for a stable p95
 _PREDICTIONS_KEPT = 100_000  # request ids awaiting feedback, oldest dropped first
-
-
-def in_candidate_share(release_id: str, who: str, share: float) -> bool:
-    """Sticky assignment: the same caller lands on the same side for one release, and a
-    caller inside the share stays inside when the share grows."""
-    digest = hashlib.blake2b(f"{release_id}:{who}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest) / 2**64 < share
-
-
-@dataclass(slots=True)
-class Outcome:
-    """One answer of one version, as a gateway replica saw it."""
-
-    model: str
-    version: int
-    ok: bool
-    latency_ms: float
-    agreed: bool | None = None  # None: not compared with the champion
-    request_id: str | None = None
-    predictions: list[int] | None = None  # kept for feedback
 
 
 @dataclass(slots=True)
@@ -169,7 +149,7 @@ class ReleaseController:
         from models.registry import Registry
 
         settings = get_settings()
-        self.registry = Registry(settings.mlflow_uri, storage.join(settings.storage_root, "mlflow"))
+        self.registry = Registry.from_settings(settings)
         self._state_uri = storage.join(settings.storage_root, "releases.json")
         self.tick_s = tick_s
         self.champions: dict[str, int] = {}
@@ -182,22 +162,21 @@ class ReleaseController:
 
     # ---- what gateways call ----------------------------------------------------------
 
-    async def routes(self) -> dict[str, dict]:
+    async def routes(self) -> dict[str, Route]:
         """Per served model: champion, and candidate/share/mode/release while one runs."""
         await self._ensure_running()
-        table = {
-            name: {"champion": v, "candidate": None, "share": 0.0}
-            for name, v in self.champions.items()
-        }
+        table = {name: Route(champion=v) for name, v in self.champions.items()}
         for r in self.releases.values():
             if r.state == RUNNING and r.model in table:
-                table[r.model] |= {
-                    "candidate": r.candidate,
-                    "share": r.share,
-                    "mode": r.cfg.mode,
-                    "compare": r.cfg.compare,
-                    "release": r.id,
-                }
+                cfg = r.cfg
+                table[r.model] = Route(
+                    champion=table[r.model].champion,
+                    candidate=r.candidate,
+                    share=r.share,
+                    mode=Mode(cfg.mode),
+                    compare=cfg.compare,
+                    release=r.id,
+                )
         return table
 
     async def record(self, outcomes: list[Outcome]) -> None:
@@ -239,7 +218,7 @@ class ReleaseController:
 
     async def start(self, config: dict) -> dict:
         """Start a release; returns its status. Raises ValueError if it cannot start."""
-        from models.registry import CANDIDATE, CHAMPION, ModelRef
+        from models.refs import CANDIDATE, CHAMPION, ModelRef
 
         await self._ensure_running()
         cfg = ReleaseConfig.model_validate(config)
@@ -356,7 +335,7 @@ class ReleaseController:
         await self._promote(r)
 
     async def _promote(self, r: Release) -> None:
-        from models.registry import CANDIDATE, CHAMPION
+        from models.refs import CANDIDATE, CHAMPION
 
         await asyncio.to_thread(
             self.registry.set_alias,
@@ -371,7 +350,7 @@ class ReleaseController:
         self._event(r, "promote", f"v{r.candidate} is the champion")
 
     async def _roll_back(self, r: Release, reason: str, state: str = ROLLED_BACK) -> None:
-        from models.registry import CANDIDATE
+        from models.refs import CANDIDATE
 
         r.state = state  # traffic returns to the champion at the next routes() call
         self._event(r, "rollback" if state == ROLLED_BACK else "abort", reason)

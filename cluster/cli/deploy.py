@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import subprocess
 import sys
@@ -15,7 +16,8 @@ import yaml
 from cluster.exceptions import ClusterError
 from cluster.settings import Settings
 
-SERVE_CONFIG = Path(__file__).resolve().parents[1] / "serve_apps" / "serve_config.yaml"
+# The package data of serve_apps (pyproject.toml ships it): found wherever it is installed.
+SERVE_CONFIG = Path(str(importlib.resources.files("serve_apps") / "serve_config.yaml"))
 
 
 def rendered_config(settings: Settings, source: Path = SERVE_CONFIG) -> dict:

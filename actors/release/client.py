@@ -4,7 +4,8 @@ Every gateway replica keeps the controller's routing table for ``routes_ttl_s`` 
 or rollback reaches it within that), version signatures for good (versions never change),
 and sends answer outcomes in one batch every ``outcomes_flush_s``: never a round trip per
 request. If the controller cannot be reached the replica keeps serving from its last table
-(503 only before it ever got one) and drops outcomes rather than queueing them unbounded.
+(ActorUnavailable only before it ever got one) and drops outcomes rather than queueing
+them unbounded.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import time
 
 from ray.exceptions import RayError
 
-from actors.release_controller import Outcome, controller_actor
+from actors.exceptions import ActorUnavailable
+from actors.release.controller import CONTROLLER_NAME, controller_actor
+from actors.release.routing import Outcome, Route
 from models.exceptions import ModelNotFound
-from serve_apps._private.http import ApiError
 
 logger = logging.getLogger("ray.serve")
 _MAX_BUFFERED = 50_000  # outcomes kept while the controller is away
@@ -27,7 +29,7 @@ class ReleaseClient:
     def __init__(self, routes_ttl_s: float, flush_s: float, timeout_s: float) -> None:
         self.routes_ttl_s, self.flush_s, self.timeout_s = routes_ttl_s, flush_s, timeout_s
         self._actor = None
-        self._routes: dict[str, dict] | None = None
+        self._routes: dict[str, Route] | None = None
         self._routes_at = float("-inf")
         self._signatures: dict[tuple[str, int], dict] = {}
         self._outcomes: list[Outcome] = []
@@ -46,7 +48,7 @@ class ReleaseClient:
             self._actor = None  # look it up again next time: it may have been restarted
             raise
 
-    async def routes(self) -> dict[str, dict]:
+    async def routes(self) -> dict[str, Route]:
         """Per served model: champion, and the running release's candidate and share."""
         if time.monotonic() - self._routes_at > self.routes_ttl_s:
             try:
@@ -54,8 +56,9 @@ class ReleaseClient:
                 self._routes_at = time.monotonic()
             except (RayError, TimeoutError) as err:
                 if self._routes is None:
-                    raise ApiError(
-                        503, "routing_unavailable", "Try again shortly.", {"Retry-After": "1"}
+                    raise ActorUnavailable(
+                        "No routing table yet: the release controller is unreachable.",
+                        CONTROLLER_NAME,
                     ) from None
                 logger.warning("release controller unreachable (%s): serving last routes", err)
         return self._routes
@@ -69,8 +72,10 @@ class ReleaseClient:
             except ModelNotFound:
                 raise
             except (RayError, TimeoutError):
-                raise ApiError(
-                    503, "routing_unavailable", "Try again shortly.", {"Retry-After": "1"}
+                raise ActorUnavailable(
+                    f"Cannot read the signature of {model} v{version}: the release "
+                    "controller is unreachable.",
+                    CONTROLLER_NAME,
                 ) from None
         return self._signatures[key]
 

@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 from cluster import local
-from cluster.console import make_console
+from cluster.cli.console import make_console
 from cluster.exceptions import ClusterError
 from cluster.settings import Settings, get_settings
 from models.exceptions import ModelError
 
 if TYPE_CHECKING:  # the registry pulls in MLflow: only `aimass models` pays for that import
-    from models.registry import AliasEvent, Registry
+    from models.alias_events import AliasEvent
+    from models.registry import Registry
     from serve_apps.keys import KeyRecord
 
 console = make_console()
@@ -121,10 +122,9 @@ def _quota(record: KeyRecord) -> str:
 
 
 def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
-    from cluster import storage
     from models.registry import Registry
 
-    registry = Registry(settings.mlflow_uri, storage.join(settings.storage_root, "mlflow"))
+    registry = Registry.from_settings(settings)
     {
         "list": _models_list,
         "show": _models_show,
@@ -144,7 +144,7 @@ def _models_list(registry: Registry, _: argparse.Namespace) -> None:
 
 
 def _models_show(registry: Registry, args: argparse.Namespace) -> None:
-    from models.registry import DATA_TAG, GIT_TAG, PARENT_TAG
+    from models.refs import DATA_TAG, GIT_TAG, PARENT_TAG
 
     if "@" in args.ref:  # one version in full
         v = registry.resolve(args.ref)

@@ -1,0 +1,14 @@
+"""What a Predictor replica answers the gateway with: plain data, free of ONNX Runtime (the
+gateway unpickles it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    version: int
+    probabilities: np.ndarray  # (n, num_classes)
