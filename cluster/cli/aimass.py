@@ -193,7 +193,9 @@ def _print_move(event: AliasEvent | None, unchanged: str) -> None:
 
 def _models_diff(registry: Registry, args: argparse.Namespace) -> None:
     table = Table("", "", args.ref_a, args.ref_b, title="diff")
-    for section, rows in registry.diff(args.ref_a, args.ref_b).items():
+    from models.lineage import diff
+
+    for section, rows in diff(registry, args.ref_a, args.ref_b).items():
         for key, (a, b) in rows.items():
             style = None if a == b else "bold"
             table.add_row(section, key, _cell(a), _cell(b), style=style)
