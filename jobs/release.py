@@ -13,7 +13,8 @@ thresholds, and rolls it back by itself otherwise; the registry aliases follow. 
 starts a release and follows it, printing each move, until it ends (``--no-wait`` returns at
 once). Exit status: 0 when the candidate was promoted (canary) or passed (shadow), or the
 A/B split runs; 1 when it was rolled back or aborted; 2 for a release that cannot start (or
-none to abort).
+none to abort). From a shell with the cluster's token, ``aimass release status [MODEL]``
+and ``aimass release abort MODEL`` do the same as --status and --abort without a job.
 """
 
 from __future__ import annotations
