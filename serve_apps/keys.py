@@ -3,7 +3,8 @@
 A key reads ``amk_<id>_<secret>``. The id finds the record; the secret is checked by
 comparing SHA-256(salt + secret) with the stored hash in constant time. Every gateway
 replica reads the same file (on the storage URI), re-reading it at most every
-``ttl_s`` seconds, so a revocation reaches all of them within that time.
+``ttl_s`` seconds, so a revocation reaches all of them within that time. On a local disk
+the file is readable by its owner only (mode 0600), rewritten so on every change.
 
 A record also carries the key's scopes (``predict`` for model routes, ``admin``) and an
 optional quota (``rate`` requests/s, ``burst``), enforced by the global rate limiter.
@@ -106,7 +107,9 @@ class KeyStore:
 
     def _write(self, records: dict[str, KeyRecord]) -> None:
         body = {"keys": [asdict(r) for r in records.values()]}
-        storage.write_bytes(self.uri, json.dumps(body, indent=2).encode())
+        # 0600, like the cluster token: hashes and salts are not for other local users to
+        # grind offline, and the file names every key with its scopes and quota.
+        storage.write_bytes(self.uri, json.dumps(body, indent=2).encode(), private=True)
         self._loaded_at = float("-inf")
 
     def records(self, max_age_s: float | None = None) -> dict[str, KeyRecord]:
