@@ -111,14 +111,7 @@ class Gateway:
         self.config = c = GatewayConfig(**user_config)
         self.quota.reconfigure(c.rate_lease_s, c.rate_limiter_timeout_s)
         self.answers.timeout_s = c.upstream_timeout_s
-        # The same client, retuned: a new one would leave the old one's flush task running
-        # for good (its outcomes flushed on the old period, the task never collected).
-        r = self.releases
-        r.routes_ttl_s, r.flush_s, r.timeout_s = (
-            c.catalog_ttl_s,
-            c.outcomes_flush_s,
-            c.controller_timeout_s,
-        )
+        self.releases.reconfigure(c.catalog_ttl_s, c.outcomes_flush_s, c.controller_timeout_s)
 
     @api.get("/healthz", tags=["health"])
     async def healthz(self) -> dict[str, str]:
