@@ -9,6 +9,7 @@ bad input never reaches the model and never yields a 500.
 This module is the transport; each protocol lives in ``serve_apps._private``: ``access``
 (keys, quotas), ``http`` (errors, the body reader and its parser limits), ``bodies``
 (schemas to model inputs), ``routing`` (which version answers: a pure function),
+``datacenters`` (where a request is served: origin first, spillover, residency),
 ``answers`` (calling versions; outcomes and agreement), ``upstream`` (upstream failures as
 HTTP errors), ``sse`` (server-sent events), ``middleware`` (request ids, metrics, error
 answers).
@@ -16,6 +17,8 @@ answers).
 
 # No `from __future__ import annotations` here: FastAPI must see real annotations on the
 # Serve ingress methods, or it mistakes `request: Request` for a query parameter.
+import asyncio
+from collections.abc import Callable
 from typing import Annotated
 
 import numpy as np
@@ -27,13 +30,15 @@ from ray.serve.handle import DeploymentHandle
 from actors.release.client import ReleaseClient
 from actors.release.routing import Route
 from cluster.settings import get_settings
+from cluster.topology import REGION_LABEL
 from models.exceptions import ModelNotFound
 from models.refs import CHAMPION
 from models.signature import LM
 from serve_apps._private import sse
 from serve_apps._private.access import QuotaGate, authenticate
-from serve_apps._private.answers import Answers
+from serve_apps._private.answers import SINGLE, Answers
 from serve_apps._private.bodies import checked_name, prediction_response, read_model, to_array
+from serve_apps._private.datacenters import ORIGIN_HEADER, Datacenters
 from serve_apps._private.http import ApiError, read_json_body, safe_header
 from serve_apps._private.middleware import Observed, add_error_handlers
 from serve_apps._private.model_ids import model_id
@@ -96,22 +101,57 @@ Caller = Annotated[KeyRecord, Depends(admitted)]
 ADMITTED = [Depends(admitted)]
 
 
+def _own_region() -> str | None:
+    """The datacenter (Ray region label) of the node this replica runs on."""
+    import ray
+
+    return ray.get_runtime_context().get_node_labels().get(REGION_LABEL)
+
+
 @serve.deployment
 @serve.ingress(api)
 class Gateway:
-    def __init__(self, predictor: DeploymentHandle, generator: DeploymentHandle) -> None:
+    """The ingress. ``predictors``: the Predictor deployment, or one per datacenter
+    (``{region: handle}``, see ``serve_apps.models_api``)."""
+
+    def __init__(
+        self,
+        predictors: DeploymentHandle | dict[str, DeploymentHandle],
+        generator: DeploymentHandle,
+        own_region: Callable[[], str | None] = _own_region,
+    ) -> None:
         self.generator = generator
         self.config = c = GatewayConfig()
         self.keys = KeyStore(keys_uri(get_settings().storage_root))
         self.quota = QuotaGate(c.rate_lease_s, c.rate_limiter_timeout_s)
         self.releases = ReleaseClient(c.catalog_ttl_s, c.outcomes_flush_s, c.controller_timeout_s)
-        self.answers = Answers(predictor, self.releases, c.upstream_timeout_s)
+        by_dc = predictors if isinstance(predictors, dict) else {None: predictors}
+        self.datacenters = (
+            Datacenters(tuple(by_dc), c.datacenters, own_region())
+            if isinstance(predictors, dict)
+            else None
+        )
+        health = self.datacenters.health if self.datacenters else None
+        self.answers = Answers(by_dc, self.releases, c.upstream_timeout_s, health)
+        self._watch: asyncio.Task | None = None
 
     def reconfigure(self, user_config: dict) -> None:
         self.config = c = GatewayConfig(**user_config)
         self.quota.reconfigure(c.rate_lease_s, c.rate_limiter_timeout_s)
         self.answers.timeout_s = c.upstream_timeout_s
+        self.answers.attempt_timeout_s = c.datacenters.attempt_timeout_s
         self.releases.reconfigure(c.catalog_ttl_s, c.outcomes_flush_s, c.controller_timeout_s)
+        if self.datacenters is not None:
+            self.datacenters.reconfigure(c.datacenters)  # names unknown datacenters: refused
+
+    def _order(self, request: Request, caller: KeyRecord) -> tuple[str | None, ...]:
+        """Where this request may be served, nearest first (one place without datacenters)."""
+        if self.datacenters is None:
+            return SINGLE
+        if self._watch is None or self._watch.done():  # started on the replica's own loop
+            app = serve.get_replica_context().app_name
+            self._watch = asyncio.ensure_future(self.datacenters.watch(app, serve.status))
+        return self.datacenters.order(request.headers.get(ORIGIN_HEADER), caller)
 
     @api.get("/healthz", tags=["health"])
     async def healthz(self) -> dict[str, str]:
@@ -148,14 +188,16 @@ class Gateway:
     )
     async def predict(self, name: str, request: Request, caller: Caller) -> PredictResponse:
         """Score instances with the model's champion, or its release candidate for the
-        callers a running release sends there; the answer names the version."""
+        callers a running release sends there; the answer names the version (and, in
+        ``X-Served-Region``, the datacenter that answered)."""
         route = await self._route(name)
         inputs = await self._inputs(name, route.champion, request)
         # Sticky per end user when the application names one, else per API key.
         who = safe_header(request, "X-User-ID") or caller.id
         rid = request.state.request_id
-        result = await self.answers.answer(name, plan(route, who), inputs, rid)
-        request.state.version = result.version
+        order = self._order(request, caller)
+        result = await self.answers.answer(name, plan(route, who), inputs, rid, order)
+        request.state.version, request.state.region = result.version, result.region
         return prediction_response(name, result, rid)
 
     @api.post(
@@ -164,16 +206,17 @@ class Gateway:
         responses=ERRORS,
         tags=["models"],
         openapi_extra=PREDICT_BODY,
-        dependencies=ADMITTED,
     )
-    async def predict_version(self, name: str, version: int, request: Request) -> PredictResponse:
+    async def predict_version(
+        self, name: str, version: int, request: Request, caller: Caller
+    ) -> PredictResponse:
         """Score instances with one registered version, whatever its aliases."""
         checked_name(name)
         if not 1 <= version < 2**31:
             raise ApiError(422, "invalid_version", "Versions are whole numbers from 1.")
         inputs = await self._inputs(name, version, request)
-        result = await self.answers.call(name, version, inputs)
-        request.state.version = version
+        result = await self.answers.call(name, version, inputs, self._order(request, caller))
+        request.state.version, request.state.region = version, result.region
         return prediction_response(name, result, request.state.request_id)
 
     @api.post(

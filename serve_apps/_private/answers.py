@@ -1,9 +1,15 @@
-"""Asking classifier versions, as a Plan says, and reporting each answer's outcome.
+"""Asking classifier versions, as a Plan says, in the datacenters a request may be served
+in, and reporting each answer's outcome.
 
 Every answer that counts for a release (champion, candidate, shadow copy) is reported to
 the release controller through the replica's ReleaseClient: ok or not, latency, the
 predicted classes (scored later by feedback) and, when another version answered the same
 instances, whether the two agree. Reporting is a local append; the client sends batches.
+
+With several datacenters, each call tries them in the request's serving order: a saturated
+one (its queue full: Serve's BackPressureError) or a failing one (no answer in
+``attempt_timeout_s``, a replica lost) passes the request to the next; failures count
+towards ejecting that datacenter (``DatacenterHealth``). Wrong input (4xx) is never retried.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import numpy as np
 from ray.serve.handle import DeploymentHandle
 
 from actors.release.routing import Outcome
+from serve_apps._private.datacenters import DatacenterHealth
 from serve_apps._private.http import ApiError
 from serve_apps._private.model_ids import model_id
 from serve_apps._private.prediction import Prediction
@@ -38,29 +45,54 @@ def agree(a: Prediction, b: Prediction) -> bool:
     return bool((a.probabilities.argmax(axis=1) == b.probabilities.argmax(axis=1)).all())
 
 
+SINGLE = (None,)
+"""The serving order of an application with one Predictor deployment (no datacenters)."""
+
+
 class Answers:
     """Calls Predictor replicas for one version at a time and carries out Plans.
 
     Args:
-        predictor: The Predictor deployment (multiplexed by model id ``name:version``).
+        predictors: The Predictor deployment of each datacenter (multiplexed by model id
+            ``name:version``); one under the key None when the application has no datacenters.
         outcomes: Where each counted answer's outcome goes.
         timeout_s: How long a version may take to answer (504 after).
+        health: This replica's view of the datacenters (failures are counted there).
+        attempt_timeout_s: How long one datacenter may take while another remains to try.
     """
 
-    def __init__(self, predictor: DeploymentHandle, outcomes: OutcomeSink, timeout_s: float):
-        self.predictor, self.outcomes, self.timeout_s = predictor, outcomes, timeout_s
-        self._handles: dict[str, DeploymentHandle] = {}
+    def __init__(
+        self,
+        predictors: dict[str | None, DeploymentHandle],
+        outcomes: OutcomeSink,
+        timeout_s: float,
+        health: DatacenterHealth | None = None,
+        attempt_timeout_s: float | None = None,
+    ):
+        self.predictors, self.outcomes, self.timeout_s = predictors, outcomes, timeout_s
+        self.health = health or DatacenterHealth()
+        self.attempt_timeout_s = attempt_timeout_s or timeout_s
+        self._handles: dict[tuple[str | None, str], DeploymentHandle] = {}
         self._background: set[asyncio.Task] = set()  # shadow copies, referenced until done
 
-    async def answer(self, name: str, plan: Plan, inputs: np.ndarray, rid: str) -> Prediction:
+    async def answer(
+        self,
+        name: str,
+        plan: Plan,
+        inputs: np.ndarray,
+        rid: str,
+        order: tuple[str | None, ...] = SINGLE,
+    ) -> Prediction:
         """The answer the client gets. A failure of ``plan.answers`` is answered by the
         fallback, if any (the client never sees a candidate fail); it is reported, and the
         release controller rolls a failing candidate back."""
         reference = None
         if plan.compare_with is not None:
-            reference = asyncio.ensure_future(self.call(name, plan.compare_with, inputs))
+            reference = asyncio.ensure_future(self.call(name, plan.compare_with, inputs, order))
         try:
-            result = await self._observed(name, plan.answers, inputs, rid, compare_to=reference)
+            result = await self._observed(
+                name, plan.answers, inputs, rid, order, compare_to=reference
+            )
         except ApiError:
             if plan.fallback is None:
                 raise
@@ -70,21 +102,43 @@ class Answers:
             if reference is not None and plan.fallback == plan.compare_with:
                 result = await reference
             else:
-                result = await self._observed(name, plan.fallback, inputs, rid)
+                result = await self._observed(name, plan.fallback, inputs, rid, order)
         if plan.shadow is not None:
-            self._in_background(self._observed(name, plan.shadow, inputs, rid, compare_to=result))
+            copy = self._observed(name, plan.shadow, inputs, rid, order, compare_to=result)
+            self._in_background(copy)
         return result
 
-    async def call(self, name: str, version: int, inputs: np.ndarray) -> Prediction:
-        """One version's answer (not reported), or the ApiError its failure maps to."""
+    async def call(
+        self, name: str, version: int, inputs: np.ndarray, order: tuple[str | None, ...] = SINGLE
+    ) -> Prediction:
+        """One version's answer (not reported) from the first datacenter of ``order`` that
+        gives one, or the ApiError the last failure maps to."""
         mid = model_id(name, version)
-        handle = self._handles.get(mid)
+        for i, dc in enumerate(order):
+            last = i == len(order) - 1
+            try:
+                result = await asyncio.wait_for(
+                    self._handle(dc, mid).predict.remote(inputs),
+                    self.timeout_s if last else self.attempt_timeout_s,
+                )
+            except Exception as err:
+                error = upstream_error(err)
+                if last or error.status < 500:
+                    raise error from None
+                if error.code != "overloaded":  # saturated is not failing: no ejection
+                    self.health.failed(dc)
+                logger.warning("%s in %s (%s): the next datacenter answers", mid, dc, error.code)
+                continue
+            self.health.succeeded(dc)
+            return result
+        raise AssertionError("an empty serving order")  # serving_order never returns one
+
+    def _handle(self, dc: str | None, mid: str) -> DeploymentHandle:
+        handle = self._handles.get((dc, mid))
         if handle is None:  # one handle per version: options() builds a new one each call
-            handle = self._handles[mid] = self.predictor.options(multiplexed_model_id=mid)
-        try:
-            return await asyncio.wait_for(handle.predict.remote(inputs), self.timeout_s)
-        except Exception as err:
-            raise upstream_error(err) from None
+            handle = self.predictors[dc].options(multiplexed_model_id=mid)
+            self._handles[(dc, mid)] = handle
+        return handle
 
     async def _observed(
         self,
@@ -92,13 +146,14 @@ class Answers:
         version: int,
         inputs: np.ndarray,
         rid: str,
+        order: tuple[str | None, ...],
         compare_to: Prediction | Awaitable[Prediction] | None = None,
     ) -> Prediction:
         """``call``, with its outcome reported; given another version's answer (or its
         future), whether the two agree."""
         t0 = time.perf_counter()
         try:
-            result = await self.call(name, version, inputs)
+            result = await self.call(name, version, inputs, order)
         except ApiError:
             self.outcomes.record(Outcome(name, version, False, 0.0, request_id=rid))
             raise

@@ -2,8 +2,8 @@
 reach Prometheus through each node's metrics agent and show on the Ray dashboard, with the
 deployment, replica and application tags Serve adds).
 
-    aimass_requests_total{model, version, key, status}    answers by HTTP status
-    aimass_request_latency_ms{model, version}              time to the answer's first byte
+    aimass_requests_total{model, version, key, status, datacenter}   answers by HTTP status
+    aimass_request_latency_ms{model, version, datacenter}  time to the answer's first byte
     aimass_rejections_total{reason, key}                   4xx/5xx by error code
     aimass_batch_size{model, version}                      requests per ONNX Runtime call
 
@@ -27,14 +27,15 @@ class GatewayMetrics:
 
         self.requests = Counter(
             "aimass_requests",
-            description="Model API answers by model, version, API key id and HTTP status.",
-            tag_keys=("model", "version", "key", "status"),
+            description="Model API answers by model, version, API key id, HTTP status and the "
+            "datacenter that answered (empty when none did).",
+            tag_keys=("model", "version", "key", "status", "datacenter"),
         )
         self.latency = Histogram(
             "aimass_request_latency_ms",
             description="Gateway time to the first byte of the answer, in milliseconds.",
             boundaries=LATENCY_BUCKETS_MS,
-            tag_keys=("model", "version"),
+            tag_keys=("model", "version", "datacenter"),
         )
         self.rejections = Counter(
             "aimass_rejections",
@@ -47,11 +48,19 @@ class GatewayMetrics:
         model = getattr(state, "model", "")
         version = str(getattr(state, "version", ""))
         key = getattr(state, "key", "")
+        dc = getattr(state, "region", None) or ""
         self.requests.inc(
-            tags={"model": model, "version": version, "key": key, "status": str(status)}
+            tags={
+                "model": model,
+                "version": version,
+                "key": key,
+                "status": str(status),
+                "datacenter": dc,
+            }
         )
         if status < 400:
-            self.latency.observe(seconds * 1e3, tags={"model": model, "version": version})
+            tags = {"model": model, "version": version, "datacenter": dc}
+            self.latency.observe(seconds * 1e3, tags=tags)
         else:
             self.rejections.inc(tags={"reason": getattr(state, "error", str(status)), "key": key})
 

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from actors.exceptions import ActorUnavailable
+from serve_apps._private.datacenters import SERVED_HEADER
 from serve_apps._private.http import ApiError, error_response, request_id, validation_message
 from serve_apps._private.metrics import gateway_metrics
 
@@ -40,6 +41,9 @@ class Observed:
         async def observed_send(message) -> None:
             if message["type"] == "http.response.start":
                 status[:] = message["status"], time.perf_counter() - start
+                region = getattr(request.state, "region", None)
+                if region:  # where the model answered (set by the route that called it)
+                    message["headers"] = [*message.get("headers", []), _served(region)]
             await send(message)
 
         try:
@@ -52,6 +56,10 @@ class Observed:
                 await response(scope, receive, observed_send)
         if scope["path"].startswith("/v1/"):
             gateway_metrics().observe(request, status[0], status[1])
+
+
+def _served(region: str) -> tuple[bytes, bytes]:
+    return SERVED_HEADER.lower().encode(), region.encode()
 
 
 def add_error_handlers(app: FastAPI) -> None:

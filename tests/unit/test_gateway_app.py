@@ -11,150 +11,40 @@ import asyncio
 import json
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
-from pydantic import ValidationError
+from gateway_doubles import (  # tests/unit's own module, on pytest's path
+    ROW,
+    Generator,
+    LimiterHandle,
+    Predictor,
+    Releases,
+    ignore,
+    post,
+)
 from ray import serve
-from ray.exceptions import RaySystemError, RayTaskError
+from ray.exceptions import RaySystemError
 from starlette.testclient import TestClient
 
-from actors.rate_limiter import RateLimiter
 from actors.release.routing import Mode, Outcome, Route, in_candidate_share
-from models.exceptions import ModelNotFound
-from models.signature import CLASSIFY, LM
 from serve_apps._private import middleware
 from serve_apps._private.access import QuotaGate
 from serve_apps._private.answers import Answers
-from serve_apps._private.model_ids import parse_model_id
-from serve_apps._private.prediction import Prediction
 from serve_apps.gateway import Gateway, api
 from serve_apps.keys import KeyStore, keys_uri
-from serve_apps.schemas import GenerateRequest, GeneratorConfig
-
-WIDTH = 4
-ROW = [1.0] * WIDTH
-SIGNATURES = {
-    ("digits", 3): {"signature": {"input_shape": [WIDTH], "num_classes": 10}, "task": CLASSIFY},
-    ("digits", 4): {"signature": {"input_shape": [WIDTH], "num_classes": 10}, "task": CLASSIFY},
-    ("gpt", 1): {"signature": {"input_shape": [8], "num_classes": 256}, "task": LM},
-}
-
-
-class Releases:
-    """The release controller as a gateway replica's ReleaseClient sees it."""
-
-    def __init__(self) -> None:
-        self.table = {"digits": Route(champion=3), "gpt": Route(champion=1)}
-        self.outcomes: list[Outcome] = []
-
-    async def routes(self) -> dict[str, Route]:
-        return self.table
-
-    async def signature(self, model: str, version: int) -> dict:
-        if (model, version) not in SIGNATURES:
-            raise ModelNotFound(f"{model} has no version {version}", model=model)
-        return SIGNATURES[model, version]
-
-    async def feedback(self, model: str, request_id: str, labels: list[int]) -> dict:
-        answered = [o for o in self.outcomes if o.request_id == request_id and o.ok]
-        if not answered:
-            raise KeyError(request_id)
-        return {o.version: float(np.mean(np.equal(o.predictions, labels))) for o in answered}
-
-    def record(self, outcome: Outcome) -> None:
-        self.outcomes.append(outcome)
-
-
-class Predictor:
-    """Predicts class ``version`` for every instance; versions in ``failing`` fail."""
-
-    def __init__(self) -> None:
-        self.failing: set[int] = set()
-        self.asked: list[int] = []
-
-    def options(self, multiplexed_model_id: str):
-        _, version = parse_model_id(multiplexed_model_id)
-        return SimpleNamespace(predict=SimpleNamespace(remote=lambda x: self._predict(version, x)))
-
-    async def _predict(self, version: int, inputs: np.ndarray) -> Prediction:
-        self.asked.append(version)
-        if version in self.failing:
-            raise RayTaskError("predict", "traceback", RuntimeError("replica failed"))
-        assert inputs.dtype == np.float32 and inputs.shape[1:] == (WIDTH,)
-        probabilities = np.full((len(inputs), 10), 0.01, dtype=np.float32)
-        probabilities[:, version] = 0.91
-        return Prediction(version, probabilities)
-
-
-class Stream:
-    """A streamed generation, like a DeploymentResponseGenerator: ``pieces``, then
-    ``error`` (raised in the replica: Ray wraps it) if one is given."""
-
-    def __init__(self, pieces: list[str], error: Exception | None = None) -> None:
-        self.pieces, self.error, self.cancelled = list(pieces), error, False
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self) -> str:
-        if self.pieces:
-            return self.pieces.pop(0)
-        if self.error is not None:
-            raise RayTaskError("generate", "traceback", self.error).as_instanceof_cause()
-        raise StopAsyncIteration
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class Generator:
-    """Validates like the Generator replica (with its limits), then streams ``pieces``
-    (and fails with ``error`` after them, if set)."""
-
-    def __init__(self) -> None:
-        self.pieces, self.error, self.streams = ["Hel", "lo"], None, []
-
-    def options(self, stream: bool, multiplexed_model_id: str):
-        assert stream
-        return SimpleNamespace(generate=SimpleNamespace(remote=self._generate))
-
-    def _generate(self, prompt, max_new_tokens, temperature, top_k, seed) -> Stream:
-        body = {"prompt": prompt, "max_new_tokens": max_new_tokens}
-        try:
-            GenerateRequest.model_validate(body, context={"limits": GeneratorConfig()})
-            stream = Stream(self.pieces, self.error)
-        except ValidationError as err:
-            stream = Stream([], err)
-        self.streams.append(stream)
-        return stream
-
-
-class LimiterHandle:
-    """The RateLimiter actor, called in-process (``handle.lease.remote(...)``)."""
-
-    def __init__(self) -> None:
-        self.limiter = RateLimiter()
-        self.lease = SimpleNamespace(remote=self._lease)
-
-    async def _lease(self, *args) -> object:
-        return self.limiter.lease(*args)
 
 
 @pytest.fixture
 def gateway(settings_env, monkeypatch):
     cls = Gateway.func_or_class.__wrapped__  # the class under Serve's ingress wrapper
-    g = cls(Predictor(), Generator())
+    predictor = Predictor()
+    g = cls(predictor, Generator())
     g.releases = Releases()
-    g.answers = Answers(g.answers.predictor, g.releases, g.config.upstream_timeout_s)
+    g.answers = Answers({None: predictor}, g.releases, g.config.upstream_timeout_s)
     g.quota = QuotaGate(0.1, 1.0, find_limiter=LimiterHandle)
     monkeypatch.setattr(serve, "get_replica_context", lambda: SimpleNamespace(servable_object=g))
     # Ray metrics need a Ray worker; what the middleware reports is not under test here.
-    monkeypatch.setattr(middleware, "gateway_metrics", lambda: SimpleNamespace(observe=_ignore))
+    monkeypatch.setattr(middleware, "gateway_metrics", lambda: SimpleNamespace(observe=ignore))
     return g
-
-
-def _ignore(*_args) -> None:
-    return None
 
 
 @pytest.fixture
@@ -168,14 +58,6 @@ def key(settings_env) -> str:
     return KeyStore(keys_uri(settings_env.storage_root)).create("tests")[0]
 
 
-def _post(client, path: str, body, key: str | None, **headers):
-    content = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    headers = {"Content-Type": "application/json", **headers}
-    if key:
-        headers["X-API-Key"] = key
-    return client.post(path, content=content, headers=headers)
-
-
 PREDICT, FEEDBACK, GENERATE = (
     "/v1/models/digits/predict",
     "/v1/models/digits/feedback",
@@ -184,7 +66,7 @@ PREDICT, FEEDBACK, GENERATE = (
 
 
 def test_a_prediction_names_the_version_and_echoes_the_request_id(client, gateway, key):
-    r = _post(client, PREDICT, {"instances": [ROW, ROW]}, key, **{"X-Request-ID": "c-1"})
+    r = post(client, PREDICT, {"instances": [ROW, ROW]}, key, **{"X-Request-ID": "c-1"})
     assert r.status_code == 200, r.text
     assert r.json()["version"] == 3 and r.json()["predictions"] == [3, 3]
     assert r.json()["request_id"] == "c-1"
@@ -208,15 +90,15 @@ def test_a_revoked_key_is_403(client, settings_env):
     store = KeyStore(keys_uri(settings_env.storage_root), ttl_s=0)
     key, record = store.create("gone")
     store.revoke(record.id)
-    r = _post(client, PREDICT, {"instances": [ROW]}, key)
+    r = post(client, PREDICT, {"instances": [ROW]}, key)
     assert r.status_code == 403 and r.json()["error"] == "forbidden"
 
 
 def test_a_quota_key_gets_429_with_retry_after_past_its_burst(client, settings_env):
     key, _ = KeyStore(keys_uri(settings_env.storage_root)).create("metered", rate=0.5, burst=2)
-    statuses = [_post(client, PREDICT, {"instances": [ROW]}, key).status_code for _ in range(4)]
+    statuses = [post(client, PREDICT, {"instances": [ROW]}, key).status_code for _ in range(4)]
     assert statuses == [200, 200, 429, 429]
-    r = _post(client, PREDICT, {"instances": [ROW]}, key)
+    r = post(client, PREDICT, {"instances": [ROW]}, key)
     assert int(r.headers["Retry-After"]) >= 1 and r.json()["error"] == "rate_limited"
 
 
@@ -227,9 +109,9 @@ def test_an_unreachable_rate_limiter_fails_quota_keys_closed(client, gateway, se
         raise RaySystemError("GCS unreachable")
 
     gateway.quota = QuotaGate(0.1, 1.0, find_limiter=unreachable)
-    r = _post(client, PREDICT, {"instances": [ROW]}, metered)
+    r = post(client, PREDICT, {"instances": [ROW]}, metered)
     assert r.status_code == 503 and r.headers["Retry-After"] == "1"
-    assert _post(client, PREDICT, {"instances": [ROW]}, key).status_code == 200  # no quota
+    assert post(client, PREDICT, {"instances": [ROW]}, key).status_code == 200  # no quota
 
 
 def test_the_key_headers_are_documented_once_per_model_route(client):
@@ -249,8 +131,8 @@ def _inside_share(route: Route) -> str:
 def test_a_failing_candidate_is_answered_by_the_champion(client, gateway, key):
     route = Route(3, candidate=4, share=0.5, mode=Mode.CANARY, compare=True, release="r")
     gateway.releases.table["digits"] = route
-    gateway.answers.predictor.failing.add(4)
-    r = _post(client, PREDICT, {"instances": [ROW]}, key, **{"X-User-ID": _inside_share(route)})
+    gateway.answers.predictors[None].failing.add(4)
+    r = post(client, PREDICT, {"instances": [ROW]}, key, **{"X-User-ID": _inside_share(route)})
     assert r.status_code == 200 and r.json()["version"] == 3
     assert [(o.version, o.ok) for o in gateway.releases.outcomes] == [(4, False)]
 
@@ -258,7 +140,7 @@ def test_a_failing_candidate_is_answered_by_the_champion(client, gateway, key):
 def test_a_shadow_copy_is_compared_but_never_answers(client, gateway, key):
     route = Route(3, candidate=4, share=1.0, mode=Mode.SHADOW, release="r")
     gateway.releases.table["digits"] = route
-    r = _post(client, PREDICT, {"instances": [ROW]}, key, **{"X-User-ID": "anyone"})
+    r = post(client, PREDICT, {"instances": [ROW]}, key, **{"X-User-ID": "anyone"})
     assert r.status_code == 200 and r.json()["version"] == 3
 
     async def shadow_done() -> None:  # the copy runs after the answer, in the background
@@ -272,11 +154,11 @@ def test_a_shadow_copy_is_compared_but_never_answers(client, gateway, key):
 
 
 def test_feedback_scores_the_version_that_answered(client, key):
-    r = _post(client, PREDICT, {"instances": [ROW]}, key, **{"X-Request-ID": "fb-1"})
+    r = post(client, PREDICT, {"instances": [ROW]}, key, **{"X-Request-ID": "fb-1"})
     assert r.status_code == 200
-    fb = _post(client, FEEDBACK, {"request_id": "fb-1", "labels": [3]}, key)
+    fb = post(client, FEEDBACK, {"request_id": "fb-1", "labels": [3]}, key)
     assert fb.status_code == 200 and fb.json()["accuracy"] == {"3": 1.0}
-    assert _post(client, FEEDBACK, {"request_id": "nope", "labels": [3]}, key).status_code == 404
+    assert post(client, FEEDBACK, {"request_id": "nope", "labels": [3]}, key).status_code == 404
 
 
 def _events(text: str) -> list[tuple[str, dict]]:
@@ -288,7 +170,7 @@ def _events(text: str) -> list[tuple[str, dict]]:
 
 
 def test_generation_streams_events_then_done(client, key):
-    r = _post(client, GENERATE, {"prompt": "Say", "max_new_tokens": 4}, key)
+    r = post(client, GENERATE, {"prompt": "Say", "max_new_tokens": 4}, key)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     events = _events(r.text)
     assert [d["text"] for kind, d in events if kind == "message"] == ["Hel", "lo"]
@@ -296,14 +178,14 @@ def test_generation_streams_events_then_done(client, key):
 
 
 def test_a_generation_refused_by_its_replica_is_a_4xx_before_any_event(client, gateway, key):
-    r = _post(client, GENERATE, {"prompt": "Say", "max_new_tokens": 100_000}, key)
+    r = post(client, GENERATE, {"prompt": "Say", "max_new_tokens": 100_000}, key)
     assert r.status_code == 422 and r.json()["error"] == "invalid_input", r.text
     assert gateway.generator.streams[-1].cancelled
 
 
 def test_a_generation_failing_midway_ends_with_an_error_event(client, gateway, key):
     gateway.generator.pieces, gateway.generator.error = ["Hel"], RuntimeError("replica died")
-    r = _post(client, GENERATE, {"prompt": "Say"}, key)
+    r = post(client, GENERATE, {"prompt": "Say"}, key)
     assert r.status_code == 200
     assert [kind for kind, _ in _events(r.text)] == ["message", "error"]
     assert gateway.generator.streams[-1].cancelled
@@ -367,12 +249,12 @@ PARSER_LIMITS = [
 )
 def test_parser_limits_get_a_short_4xx_on_every_route(client, gateway, key, case, bodies, status):
     for path, body in bodies.items():
-        r = _post(client, path, body, key)
+        r = post(client, path, body, key)
         assert r.status_code == status, f"{case} on {path}: {r.status_code} {r.text[:300]}"
         detail = r.json()["detail"]
         assert len(detail) < 300 and "Traceback" not in detail
     assert gateway.generator.streams == []  # no bad prompt reached the Generator
-    assert _post(client, PREDICT, {"instances": [ROW]}, key).status_code == 200
+    assert post(client, PREDICT, {"instances": [ROW]}, key).status_code == 200
 
 
 def test_reconfigure_retunes_the_release_client_in_place(settings_env):
