@@ -3,7 +3,9 @@
 aimass up        start the local Ray head (token auth, 127.0.0.1, datacenter labels)
 aimass status    nodes with labels and resources, jobs, Serve applications
 aimass down      stop what `up` started
-aimass keys create NAME [--scope predict|admin]... [--rate R [--burst B]] | list | revoke ID
+aimass deploy [CONFIG]   check a Serve config against the datacenters, serve deploy, wait
+aimass keys create NAME [--scope predict|admin]... [--rate R [--burst B]]
+                 [--datacenter DC]... [--home DC] [--tenant T] | list | revoke ID
 aimass models list | show NAME[@ALIAS|@VERSION] | promote NAME VERSION | rollback NAME
               | diff REF_A REF_B | history NAME       (promote/rollback/history: --alias)
 aimass release status [MODEL] | abort MODEL [--reason WHY]
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.table import Table
@@ -92,6 +95,16 @@ def _print_serve(settings: Settings) -> None:
         )
         apps.add_row(name, app["status"], str(app.get("route_prefix")), deployments)
     console.print(apps)
+
+
+def cmd_deploy(settings: Settings, args: argparse.Namespace) -> None:
+    from cluster.cli.deploy import SERVE_CONFIG, checked_deploy
+
+    source = Path(args.config) if args.config else SERVE_CONFIG
+    local.connect_clients(settings)
+    statuses = checked_deploy(settings, source)
+    apps = ", ".join(f"{name} {status}" for name, status in statuses.items())
+    console.print(f"Deployed {source}: {apps} (HTTP on {settings.serve_url})")
 
 
 def cmd_keys(settings: Settings, args: argparse.Namespace) -> None:
@@ -365,6 +378,11 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("up", help="start the local Ray head").set_defaults(run=cmd_up)
     sub.add_parser("down", help="stop the local Ray head").set_defaults(run=cmd_down)
     sub.add_parser("status", help="nodes, jobs, Serve apps").set_defaults(run=cmd_status)
+    deploy = sub.add_parser(
+        "deploy", help="check a Serve config against the datacenters, then serve deploy it"
+    )
+    deploy.add_argument("config", nargs="?", help="default: serve_apps/serve_config.yaml")
+    deploy.set_defaults(run=cmd_deploy)
     keys = sub.add_parser("keys", help="manage gateway API keys")
     keys.add_argument("action", choices=["create", "list", "revoke"])
     keys.add_argument("name", nargs="?", help="key name (create) or key id (revoke)")
