@@ -38,7 +38,13 @@ from serve_apps._private import sse
 from serve_apps._private.access import QuotaGate, authenticate
 from serve_apps._private.answers import SINGLE, Answers
 from serve_apps._private.bodies import checked_name, prediction_response, read_model, to_array
-from serve_apps._private.datacenters import ORIGIN_HEADER, Datacenters
+from serve_apps._private.datacenters import (
+    ORIGIN_HEADER,
+    DatacenterHealth,
+    Datacenters,
+    predictor_name,
+    watch_replicas,
+)
 from serve_apps._private.http import ApiError, read_json_body, safe_header
 from serve_apps._private.middleware import Observed, add_error_handlers
 from serve_apps._private.model_ids import model_id
@@ -98,6 +104,7 @@ async def admitted(
 
 
 Caller = Annotated[KeyRecord, Depends(admitted)]
+_RETRY = {"Retry-After": "1"}
 ADMITTED = [Depends(admitted)]
 
 
@@ -131,8 +138,10 @@ class Gateway:
             if isinstance(predictors, dict)
             else None
         )
-        health = self.datacenters.health if self.datacenters else None
+        health = self.datacenters.health if self.datacenters else DatacenterHealth()
         self.answers = Answers(by_dc, self.releases, c.upstream_timeout_s, health)
+        # Predictor deployments by datacenter (None: the one Predictor), watched for replicas.
+        self._deployments = {dc: predictor_name(dc) if dc else "Predictor" for dc in by_dc}
         self._watch: asyncio.Task | None = None
 
     def reconfigure(self, user_config: dict) -> None:
@@ -144,18 +153,42 @@ class Gateway:
         if self.datacenters is not None:
             self.datacenters.reconfigure(c.datacenters)  # names unknown datacenters: refused
 
+    def _watching(self) -> DatacenterHealth:
+        """The replicas-per-datacenter view, its poll started on the replica's own loop."""
+        if self._watch is None or self._watch.done():
+            app = serve.get_replica_context().app_name
+            period = lambda: self.config.datacenters.health_poll_s  # noqa: E731 (live value)
+            watch = watch_replicas(
+                self.answers.health, app, self._deployments, serve.status, period
+            )
+            self._watch = asyncio.ensure_future(watch)
+        return self.answers.health
+
     def _order(self, request: Request, caller: KeyRecord) -> tuple[str | None, ...]:
         """Where this request may be served, nearest first (one place without datacenters)."""
+        self._watching()
         if self.datacenters is None:
             return SINGLE
-        if self._watch is None or self._watch.done():  # started on the replica's own loop
-            app = serve.get_replica_context().app_name
-            self._watch = asyncio.ensure_future(self.datacenters.watch(app, serve.status))
         return self.datacenters.order(request.headers.get(ORIGIN_HEADER), caller)
 
     @api.get("/healthz", tags=["health"])
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
+
+    @api.get("/readyz", tags=["health"], responses={503: {"model": ErrorResponse}})
+    async def readyz(self, model: str | None = None) -> dict:
+        """Ready to answer (``model``, or any model): it is served and Predictor replicas
+        run here. What a load balancer in front of clusters checks (no key needed)."""
+        running = self._watching().running
+        routes = await self.releases.routes()
+        if model is not None and checked_name(model) not in routes:
+            raise ApiError(503, "not_ready", f"{model!r} is not served here.", _RETRY)
+        if not routes:
+            raise ApiError(503, "not_ready", "No model is served here yet.", _RETRY)
+        if not running or not any(running.values()):
+            raise ApiError(503, "not_ready", "No Predictor replica runs yet.", _RETRY)
+        replicas = {dc or "any": n for dc, n in running.items()}
+        return {"status": "ready", "models": sorted(routes), "replicas": replicas}
 
     @api.get(
         "/v1/models",

@@ -188,19 +188,27 @@ class Datacenters:
         )
         return serving_order(request, self.topology, self.health.usable)
 
-    async def watch(self, app: str, read_status: Callable[[], object]) -> None:
-        """Keep ``health.running`` current: RUNNING replicas of each datacenter's Predictor,
-        read from the Serve controller every ``policy.health_poll_s`` (off the request path:
-        a lost datacenter leaves the serving order within a poll)."""
-        while True:
-            try:
-                status = await asyncio.to_thread(read_status)
-                deployments = status.applications[app].deployments
-                self.health.running = {
-                    dc: deployments[predictor_name(dc)].replica_states.get("RUNNING", 0)
-                    for dc in self.names
-                    if predictor_name(dc) in deployments
-                }
-            except Exception as err:  # keep the last view; the next poll may succeed
-                logger.warning("could not read replicas per datacenter: %r", err)
-            await asyncio.sleep(self.policy.health_poll_s)
+
+async def watch_replicas(
+    health: DatacenterHealth,
+    app: str,
+    deployments: dict[str | None, str],
+    read_status: Callable[[], object],
+    period_s: Callable[[], float],
+) -> None:
+    """Keep ``health.running`` current: RUNNING replicas of each datacenter's Predictor
+    (``deployments``: datacenter, or None without datacenters, -> deployment name), read
+    from the Serve controller every ``period_s()`` seconds, off the request path: a lost
+    datacenter leaves the serving order within a poll, and readiness follows replicas."""
+    while True:
+        try:
+            status = await asyncio.to_thread(read_status)
+            found = status.applications[app].deployments
+            health.running = {
+                dc: found[name].replica_states.get("RUNNING", 0)
+                for dc, name in deployments.items()
+                if name in found
+            }
+        except Exception as err:  # keep the last view; the next poll may succeed
+            logger.warning("could not read the Predictor replicas: %r", err)
+        await asyncio.sleep(period_s())

@@ -141,3 +141,17 @@ def post(client, path: str, body, key: str | None, **headers):
     if key:
         headers["X-API-Key"] = key
     return client.post(path, content=content, headers=headers)
+
+
+class ServeStatus:
+    """What ``serve.status()`` says of the application's Predictor deployments:
+    ``running[name]`` RUNNING replicas each."""
+
+    def __init__(self, running: dict[str, int]) -> None:
+        self.running = running
+
+    def __call__(self):
+        deployments = {
+            name: SimpleNamespace(replica_states={"RUNNING": n}) for name, n in self.running.items()
+        }
+        return SimpleNamespace(applications={"models": SimpleNamespace(deployments=deployments)})

@@ -18,6 +18,7 @@ from gateway_doubles import (  # tests/unit's own module, on pytest's path
     LimiterHandle,
     Predictor,
     Releases,
+    ServeStatus,
     ignore,
     post,
 )
@@ -41,7 +42,10 @@ def gateway(settings_env, monkeypatch):
     g.releases = Releases()
     g.answers = Answers({None: predictor}, g.releases, g.config.upstream_timeout_s)
     g.quota = QuotaGate(0.1, 1.0, find_limiter=LimiterHandle)
-    monkeypatch.setattr(serve, "get_replica_context", lambda: SimpleNamespace(servable_object=g))
+    context = SimpleNamespace(servable_object=g, app_name="models")
+    monkeypatch.setattr(serve, "get_replica_context", lambda: context)
+    g.serve_status = ServeStatus({"Predictor": 1})
+    monkeypatch.setattr(serve, "status", g.serve_status)
     # Ray metrics need a Ray worker; what the middleware reports is not under test here.
     monkeypatch.setattr(middleware, "gateway_metrics", lambda: SimpleNamespace(observe=ignore))
     return g
@@ -121,7 +125,8 @@ def test_the_key_headers_are_documented_once_per_model_route(client):
             headers = sorted(
                 p["name"] for p in operation.get("parameters", []) if p["in"] == "header"
             )
-            assert headers == ([] if path == "/healthz" else ["authorization", "x-api-key"]), path
+            open_route = path in ("/healthz", "/readyz")  # health and readiness need no key
+            assert headers == ([] if open_route else ["authorization", "x-api-key"]), path
 
 
 def _inside_share(route: Route) -> str:
@@ -284,3 +289,25 @@ def test_reconfigure_retunes_the_release_client_in_place(settings_env):
     assert g.releases is client and g.answers.outcomes is client
     assert (client.flush_s, client.routes_ttl_s, client.timeout_s) == (30, 5, 2)
     assert g.answers.timeout_s == 3 and g.config.rate_lease_s == 0.5
+
+
+def _ready(client, **params):
+    import time
+
+    for _ in range(200):  # the first call starts the replica watch; its first read follows
+        r = client.get("/readyz", params=params)
+        if r.status_code == 200 or r.json().get("detail") != "No Predictor replica runs yet.":
+            return r
+        time.sleep(0.01)
+    return r
+
+
+def test_readiness_follows_the_served_models_and_the_predictor_replicas(client, gateway):
+    r = _ready(client)
+    assert r.status_code == 200 and r.json()["models"] == ["digits", "gpt"]
+    assert _ready(client, model="digits").status_code == 200
+    r = client.get("/readyz", params={"model": "other"})
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+    gateway.answers.health.running = {None: 0}
+    gateway.serve_status.running["Predictor"] = 0
+    assert client.get("/readyz").status_code == 503
