@@ -58,6 +58,17 @@ def test_a_config_built_in_code_is_validated_too():
         replace(preset("digits_cnn"), num_workers=0)
 
 
+def test_a_config_pickles_unchanged_as_ray_ships_it_to_workers():
+    import cloudpickle
+
+    from jobs._private.loop_config import LoopConfig
+
+    loop = LoopConfig(
+        train=preset("gpt_tiny"), steps_per_epoch=7, tracking_uri="sqlite:///x", artifact_root="y"
+    )
+    assert cloudpickle.loads(cloudpickle.dumps(loop)) == loop
+
+
 def test_invalid_config_values_are_refused():
     with pytest.raises(ValueError, match="zero_stage"):
         TrainConfig(name="x", zero_stage=4)
