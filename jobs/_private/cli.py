@@ -36,7 +36,9 @@ def parse_config(model: type[T], description: str, argv: list[str] | None) -> T:
     return validate(parser, model, args)
 
 
-def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel], only=None) -> None:
+def add_model_flags(
+    parser: argparse.ArgumentParser, model: type[BaseModel], only: Iterable[str] | None = None
+) -> None:
     """A ``--flag`` per field of ``model`` (or per field in ``only``), its description as
     the help. Values stay strings: pydantic casts and checks them (``validate``)."""
     for name, field in model.model_fields.items():
@@ -56,8 +58,11 @@ def validate(
 
     def where(loc: tuple, value) -> str:
         flag = flags.get(str(loc[0]), f"--{_flag(str(loc[0]))}")
-        inner = "".join(f"{part}=" for part in loc[1:])  # a dict flag's key: --space lr=...
-        return f"{flag} {inner}{value}" if inner else f"{flag} {value!r}"
+        if len(loc) == 1:
+            return f"{flag} {value!r}"
+        if len(loc) == 2:  # a KEY=VALUE flag's entry (--space lr=...), as given
+            return f"{flag} {loc[1]}={value}"
+        return f"{flag} {loc[1]}: {'.'.join(map(str, loc[2:]))} {value!r}"  # inside the value
 
     try:
         return model(**values)

@@ -59,6 +59,7 @@ def test_an_unknown_preset_is_refused_in_one_line(capsys):
         (["--samples", "x"], "--samples 'x': Input should be a valid integer"),
         (["--scheduler", "nope"], "--scheduler 'nope': Input should be 'asha', 'fifo' or 'pbt'"),
         (["--space", "lr=loguniform:0:1"], "--space lr=loguniform:0:1: loguniform needs low > 0"),
+        (["--space", "lr=log:1:2"], "--space lr: kind 'log': Input should be 'loguniform', "),
         (["--space", "name=choice:a,b"], "space: 'name' is not a tunable field"),
         (["--grace-period", "9"], "grace_period 9 exceeds the preset's 3 epochs"),
     ],
