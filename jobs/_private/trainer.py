@@ -11,9 +11,12 @@ from torch import nn
 
 from cluster import storage
 from cluster.settings import Settings
+from jobs._private.loop_config import LOOP_KEY, LoopConfig
 from jobs._private.train_loop import WEIGHTS, train_func
 from jobs.configs import TrainConfig
 from models.dataset import Manifest
+from models.refs import ModelVersionInfo
+from models.registry import Registry
 from models.weights import load_weights
 from models.zoo import build_model
 
@@ -45,7 +48,8 @@ def make_trainer(
     *,
     storage_path: str | None = None,
     callbacks: list | None = None,
-    **extra,
+    teacher: ModelVersionInfo | None = None,
+    init_checkpoint: Checkpoint | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer running ``train_func`` for ``cfg`` on ``cfg.num_workers`` workers.
 
@@ -55,18 +59,23 @@ def make_trainer(
     Args:
         run_id: The MLflow run the loop logs epoch metrics to (rank 0), or None.
         callbacks: Ray Train callbacks, e.g. Tune's ``TuneReportCallback`` in a trial.
-        extra: Further keys of the loop's config (e.g. ``teacher``).
+        teacher: Distil from this version's soft targets (``LoopConfig.teacher``).
+        init_checkpoint: Start from this checkpoint unless the run has its own
+            (``LoopConfig.init_checkpoint``).
     """
+    registry = Registry.from_settings(settings)
+    loop = LoopConfig(
+        train=cfg,
+        steps_per_epoch=manifest.rows("train") // cfg.num_workers // cfg.batch_size,
+        tracking_uri=registry.tracking_uri,
+        artifact_root=registry.artifact_root,
+        mlflow_run_id=run_id,
+        teacher=teacher,
+        init_checkpoint=init_checkpoint,
+    )
     return TorchTrainer(
         train_func,
-        train_loop_config={
-            "train": cfg.to_dict(),
-            # drop_last in the loop: each rank takes this many steps per epoch.
-            "steps_per_epoch": manifest.rows("train") // cfg.num_workers // cfg.batch_size,
-            "mlflow_run_id": run_id,
-            "tracking_uri": settings.mlflow_uri,
-            **extra,
-        },
+        train_loop_config={LOOP_KEY: loop},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
         run_config=RunConfig(
             name=cfg.name,
@@ -88,7 +97,13 @@ def load_model(cfg: TrainConfig, checkpoint: Checkpoint) -> nn.Module:
 
 
 def fit(
-    cfg: TrainConfig, manifest: Manifest, settings: Settings, run_id: str, **extra
+    cfg: TrainConfig,
+    manifest: Manifest,
+    settings: Settings,
+    run_id: str,
+    *,
+    teacher: ModelVersionInfo | None = None,
 ) -> nn.Module:
     """Run the training function on ``cfg.num_workers`` Ray Train workers; return the model."""
-    return load_model(cfg, make_trainer(cfg, manifest, settings, run_id, **extra).fit().checkpoint)
+    trainer = make_trainer(cfg, manifest, settings, run_id, teacher=teacher)
+    return load_model(cfg, trainer.fit().checkpoint)
