@@ -9,7 +9,8 @@ Presets (``--config``): the digits classifiers (``digits_cnn``, ``_zero1``, ``_z
 sources (``gpt_tiny``, ``gpt_tiny_zero1``, ``gpt_tiny_zero3``, ``gpt_tiny_offload`` on CPU;
 ``gpt_125m``, ``gpt_1b3``, ``gpt_6b7`` for GPU clusters).
 
-``--set key=value`` overrides a field of the preset (``--set epochs=5 --set zero_stage=1``).
+``--set key=value`` overrides a field of the preset (``--set epochs=5 --set zero_stage=1``);
+``--set datacenter=eu-west`` keeps the workers and the data reads in that datacenter.
 To record the commit in the model's lineage, add
 ``--runtime-env-json '{"env_vars": {"AIMASS_GIT_SHA": "'$(git rev-parse HEAD)'"}}'``.
 ``--name`` names the run; submitting again with the same name resumes it from its last

@@ -33,8 +33,11 @@ def datasets(cfg: TrainConfig, manifest: Manifest) -> dict[str, ray.data.Dataset
     # Reading a shard is I/O and decoding, far from a core: a quarter CPU per read task keeps
     # the pipeline schedulable when the training workers and a Serve deployment already
     # hold nearly every CPU of the cluster (with the default 1 CPU it waited forever).
+    placed = {"label_selector": cfg.placement()} if cfg.datacenter else None
     out = {
-        split: ray.data.read_parquet(manifest.shard_uris(split), num_cpus=READ_TASK_CPUS)
+        split: ray.data.read_parquet(
+            manifest.shard_uris(split), num_cpus=READ_TASK_CPUS, ray_remote_args=placed
+        )
         for split in ("train", "val")
     }
     return {k: ds.materialize() for k, ds in out.items()} if cfg.cache_data else out
@@ -76,7 +79,9 @@ def make_trainer(
     return TorchTrainer(
         train_func,
         train_loop_config={LOOP_KEY: loop},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, label_selector=cfg.placement()
+        ),
         run_config=RunConfig(
             name=cfg.name,
             storage_path=storage_path or storage.join(settings.storage_root, "ray_train"),

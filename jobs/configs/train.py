@@ -22,6 +22,7 @@ from pydantic import (
 )
 from pydantic.dataclasses import dataclass
 
+from cluster.topology import Datacenter
 from jobs.configs.validation import OverrideError, one_line, split_overrides
 from models.exceptions import ModelError
 from models.signature import LM
@@ -67,6 +68,9 @@ class TrainConfig:
     """Ray Train workers (data-parallel ranks)."""
     use_gpu: bool = False
     """One GPU per worker (NCCL); CPU workers use gloo."""
+    datacenter: str = ""
+    """Run the workers and the data reads in this datacenter only (a Ray region label);
+    empty: wherever there is room. A region without nodes leaves the run waiting for them."""
     epochs: PositiveInt = 30
     batch_size: PositiveInt = 32
     """Micro-batch per worker; the global batch is batch_size x num_workers."""
@@ -113,6 +117,8 @@ class TrainConfig:
             architecture(self.architecture)
         except ModelError as err:
             raise ValueError(str(err)) from None
+        if self.datacenter:
+            Datacenter(region=self.datacenter, zone=f"{self.datacenter}-a")  # label-safe
         if self.offload_optimizer and self.zero_stage < 1:
             raise ValueError(
                 "offload_optimizer needs ZeRO >= 1: set zero_stage=1 or more, or "
@@ -125,6 +131,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def placement(self) -> dict[str, str] | None:
+        """The ``label_selector`` that keeps the run in its datacenter, or None."""
+        if not self.datacenter:
+            return None
+        return Datacenter(self.datacenter, f"{self.datacenter}-a").label_selector()
 
     @property
     def task(self) -> str:

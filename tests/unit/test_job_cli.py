@@ -84,3 +84,14 @@ def test_the_other_jobs_flags_take_the_same_path(capsys):
     assert parse(["--shards", "3"]).shards == 3
     err = refusal(parse, ["--shards", "x"], capsys)
     assert "--shards 'x': Input should be a valid integer" in err
+
+
+def test_a_run_can_be_kept_in_one_datacenter_and_a_bad_name_is_refused():
+    from jobs.configs import preset
+    from jobs.configs.validation import OverrideError
+
+    cfg = preset("digits_cnn").with_overrides(["datacenter=eu-west"])
+    assert cfg.placement() == {"ray.io/availability-region": "eu-west"}
+    assert preset("digits_cnn").placement() is None  # anywhere by default
+    with pytest.raises(OverrideError, match="datacenter"):
+        preset("digits_cnn").with_overrides(["datacenter=eu west"])
