@@ -169,7 +169,9 @@ class Gateway:
         self._watching()
         if self.datacenters is None:
             return SINGLE
-        return self.datacenters.order(request.headers.get(ORIGIN_HEADER), caller)
+        origin, order = self.datacenters.order(request.headers.get(ORIGIN_HEADER), caller)
+        request.state.origin = origin  # with the answering region: the spillover metric
+        return order
 
     @api.get("/healthz", tags=["health"])
     async def healthz(self) -> dict[str, str]:

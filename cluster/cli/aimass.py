@@ -63,7 +63,8 @@ def cmd_status(settings: Settings, _: argparse.Namespace) -> None:
     from ray.util.state import list_nodes
 
     nodes = Table("node", "state", "labels", "resources", title="Nodes")
-    for node in list_nodes(address=settings.dashboard_url, detail=True):
+    found = list_nodes(address=settings.dashboard_url, detail=True)
+    for node in found:
         labels = "\n".join(f"{k}={v}" for k, v in sorted(node.labels.items()) if "node-id" not in k)
         res = "\n".join(
             _resource(k, v)
@@ -76,14 +77,35 @@ def cmd_status(settings: Settings, _: argparse.Namespace) -> None:
     for job in JobSubmissionClient(settings.dashboard_url).list_jobs()[-10:]:
         jobs.add_row(job.submission_id or job.job_id or "", str(job.status), job.entrypoint)
     console.print(jobs)
-    _print_serve(settings)
+    details = _print_serve(settings)
+    _print_datacenters(settings, found, details)
+
+
+def _print_datacenters(settings: Settings, nodes: list, details: dict) -> None:
+    """Replicas per datacenter and deployment; answers by origin, and where they spilled."""
+    from cluster.cli import status
+
+    replicas = status.replicas_by_datacenter(details, status.region_of_nodes(nodes))
+    placed = Table("deployment", "replicas per datacenter", title="Replicas by datacenter")
+    for name, counts in sorted(replicas.items()):
+        placed.add_row(name, ", ".join(f"{dc or '-'}={n}" for dc, n in sorted(counts.items())))
+    console.print(placed)
+    pages = status.scrape(status.metric_targets(settings.ray_temp_dir))
+    rows = status.routing_rows(status.answers_by_origin(pages))
+    if rows:
+        routing = Table(
+            "origin", "answers", "served at origin", "spilled to", title="Routing by datacenter"
+        )
+        for row in rows:
+            routing.add_row(*row)
+        console.print(routing)
 
 
 def _resource(name: str, amount: float) -> str:
     return f"{name}={amount / 2**30:.1f} GiB" if "memory" in name else f"{name}={amount:g}"
 
 
-def _print_serve(settings: Settings) -> None:
+def _print_serve(settings: Settings) -> dict:
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient  # the `serve` CLI's client
 
     details = ServeSubmissionClient(settings.dashboard_url).get_serve_details()
@@ -95,6 +117,7 @@ def _print_serve(settings: Settings) -> None:
         )
         apps.add_row(name, app["status"], str(app.get("route_prefix")), deployments)
     console.print(apps)
+    return details
 
 
 def cmd_deploy(settings: Settings, args: argparse.Namespace) -> None:

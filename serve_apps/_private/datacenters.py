@@ -178,15 +178,15 @@ class Datacenters:
         self.health.eject_after = policy.eject_after_failures
         self.health.eject_for_s = policy.eject_for_s
 
-    def order(self, header: str | None, key: KeyRecord) -> tuple[str, ...]:
-        """The serving order of a request presenting ``key`` (see ``reach``)."""
+    def order(self, header: str | None, key: KeyRecord) -> tuple[str, tuple[str, ...]]:
+        """The origin and serving order of a request presenting ``key`` (see ``reach``)."""
         tenant_places = self.policy.tenants.get(key.tenant) if key.tenant else None
         who = f"key {key.id}" + (f" (tenant {key.tenant})" if tenant_places is not None else "")
         home = key.home if key.home in self.names else None
         request = reach(
             self.topology, header, home, key.datacenters, tenant_places, self.default, who
         )
-        return serving_order(request, self.topology, self.health.usable)
+        return request.origin, serving_order(request, self.topology, self.health.usable)
 
 
 async def watch_replicas(
