@@ -18,8 +18,10 @@ import httpx
 
 from cluster.topology import REGION_LABEL
 
+# Ray exports a metric made with ray.util.metrics under its name with a ``ray_`` prefix.
 _ANSWERS = re.compile(
-    r"^aimass_datacenter_answers_total\{(?P<labels>[^}]*)\}\s+(?P<value>[0-9.eE+-]+)", re.M
+    r"^(?:ray_)?aimass_datacenter_answers_total\{(?P<labels>[^}]*)\}\s+(?P<value>[0-9.eE+-]+)",
+    re.M,
 )
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
