@@ -16,7 +16,6 @@ run of the same name verifies the latest checkpoint and continues from the step 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from jobs._private.deepspeed_setup import initialize
 from jobs._private.loop_config import LOOP_KEY, LoopConfig
 from jobs._private.train_metrics import TrainMetrics
 from jobs.configs import TrainConfig
+from models.evaluation import language_model_metrics, next_token_nats
 from models.signature import LM
 from models.weights import save_weights
 from models.zoo import architecture
@@ -131,10 +131,14 @@ class Task:
                 batch_size=self.cfg.batch_size, device=engine.device
             ):
                 if self.lm:
+                    # The published test loss's own function (models.evaluation), so the
+                    # two figures are one metric on two splits.
                     tokens = batch["tokens"].long()
                     logits, _ = engine(tokens[:, :-1])
-                    total += lm_loss(logits, tokens[:, 1:], reduction="sum").item()
-                    count += tokens[:, 1:].numel()
+                    nats, n = next_token_nats(
+                        logits.float().cpu().numpy(), tokens[:, 1:].cpu().numpy()
+                    )
+                    total, count = total + nats, count + n
                 else:
                     logits = engine(batch["features"].to(self.dtype))
                     total += (logits.argmax(1) == batch["label"]).sum().item()
@@ -142,8 +146,8 @@ class Task:
         engine.module.train()
         total, count = _all_reduce_sum(total, count)
         if self.lm:
-            loss = total / max(count, 1)
-            return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0))}
+            lm = language_model_metrics(total, count)
+            return {"val_loss": lm["loss"], "val_perplexity": lm["perplexity"]}
         return {"val_accuracy": total / max(count, 1)}
 
     def summary(self, metrics: dict) -> str:
