@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from jobs._private.loop_config import LoopConfig
 from jobs._private.publish import write_package
 from jobs._private.train_loop import Task
 from jobs.configs import preset
@@ -88,7 +89,8 @@ def test_validation_loss_and_published_test_loss_agree_on_the_same_rows(
     # 37 rows: the loop's batches of 16 end with a partial one, publishing's of 32 too.
     tokens = _python_source_rows(37)
 
-    val = Task(cfg, {}, torch.float32).validate(engine, _ValidationShard(tokens))
+    loop = LoopConfig(train=cfg, steps_per_epoch=1, tracking_uri="", artifact_root="")
+    val = Task(loop, torch.float32).validate(engine, _ValidationShard(tokens))
     folder = tmp_path / "model"
     folder.mkdir()
     published = write_package(
