@@ -189,6 +189,27 @@ class Datacenters:
         return request.origin, serving_order(request, self.topology, self.health.usable)
 
 
+async def read_replicas(
+    health: DatacenterHealth,
+    app: str,
+    deployments: dict[str | None, str],
+    read_status: Callable[[], object],
+) -> None:
+    """Set ``health.running`` once: RUNNING replicas of each datacenter's Predictor
+    (``deployments``: datacenter, or None without datacenters, -> deployment name), read
+    from the Serve controller. A failed read keeps the last view."""
+    try:
+        status = await asyncio.to_thread(read_status)
+        found = status.applications[app].deployments
+        health.running = {
+            dc: found[name].replica_states.get("RUNNING", 0)
+            for dc, name in deployments.items()
+            if name in found
+        }
+    except Exception as err:  # keep the last view; the next poll may succeed
+        logger.warning("could not read the Predictor replicas: %r", err)
+
+
 async def watch_replicas(
     health: DatacenterHealth,
     app: str,
@@ -196,19 +217,9 @@ async def watch_replicas(
     read_status: Callable[[], object],
     period_s: Callable[[], float],
 ) -> None:
-    """Keep ``health.running`` current: RUNNING replicas of each datacenter's Predictor
-    (``deployments``: datacenter, or None without datacenters, -> deployment name), read
-    from the Serve controller every ``period_s()`` seconds, off the request path: a lost
-    datacenter leaves the serving order within a poll, and readiness follows replicas."""
+    """Keep ``health.running`` current every ``period_s()`` seconds, off the request path:
+    a lost datacenter leaves the serving order within a poll, and readiness follows
+    replicas."""
     while True:
-        try:
-            status = await asyncio.to_thread(read_status)
-            found = status.applications[app].deployments
-            health.running = {
-                dc: found[name].replica_states.get("RUNNING", 0)
-                for dc, name in deployments.items()
-                if name in found
-            }
-        except Exception as err:  # keep the last view; the next poll may succeed
-            logger.warning("could not read the Predictor replicas: %r", err)
+        await read_replicas(health, app, deployments, read_status)
         await asyncio.sleep(period_s())
