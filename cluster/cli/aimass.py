@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.table import Table
@@ -38,6 +39,15 @@ def cmd_up(settings: Settings, _: argparse.Namespace) -> None:
     console.print(
         f"  submit     ray job submit --address {info.dashboard_url} --working-dir . -- "
         "python -m jobs.train --config digits_cnn"
+    )
+    # Ray's CLIs send the token only in token mode; `make install` has the venv's activation
+    # set it.
+    activate = Path(sys.prefix) / "bin" / "activate"
+    sets_it = activate.is_file() and "RAY_AUTH_MODE=token" in activate.read_text()
+    console.print(
+        "             (its shell needs RAY_AUTH_MODE=token"
+        + (f": `source {activate}` sets it)" if sets_it else ")"),
+        highlight=False,
     )
 
 
