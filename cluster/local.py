@@ -228,37 +228,43 @@ def _recorded_session(settings: Settings) -> int | None:
 
 
 def cluster_processes(settings: Settings) -> list[psutil.Process]:
-    """Processes of this cluster, zombies left out: those of the session `up` started, those
-    carrying its mark or whose command line names its temp dir or GCS address (a cluster
-    started before the session was recorded), and their descendants (the agents of a raylet
-    whose renaming hid the mark). A process carrying another cluster's mark is never one."""
+    """Processes of this cluster, zombies left out: those carrying its mark or whose command
+    line names its temp dir or GCS address, those of the session `up` started (while one of
+    them still carries the mark: a record left by a cluster that died names a session id
+    the system may have given to anything since), and the descendants of all of these (the
+    agents of a raylet whose renaming hid the mark). A process carrying another cluster's
+    mark, or descended from one without a mark of its own, is never one."""
     mark = str(settings.ray_temp_dir)
     named = re.compile(
         rf"(?:{re.escape(mark)}|{re.escape(settings.gcs_address)})(?!\d)"  # not …-63790
     )
-    sid = _recorded_session(settings)
-    procs, children, mine = {}, {}, set()
+    procs, marks, children = {}, {}, {}
     for proc in psutil.process_iter(["pid", "ppid", "cmdline", "status"]):
-        if proc.pid == os.getpid() or proc.info["status"] == psutil.STATUS_ZOMBIE:
-            continue
-        their_mark = _mark(proc)
-        if their_mark not in (None, mark):
-            continue  # another cluster's
-        procs[proc.pid] = proc
-        children.setdefault(proc.info["ppid"], []).append(proc.pid)
-        if (
-            their_mark == mark
-            or (sid is not None and _session_id(proc.pid) == sid)
-            or named.search(" ".join(proc.info["cmdline"] or []))
-        ):
-            mine.add(proc.pid)
-    todo = list(mine)
-    while todo:  # descendants
+        if proc.pid != os.getpid() and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            procs[proc.pid], marks[proc.pid] = proc, _mark(proc)
+            children.setdefault(proc.info["ppid"], []).append(proc.pid)
+    marked = {pid for pid, m in marks.items() if m == mark}
+    foreign = {pid for pid, m in marks.items() if m not in (None, mark)}
+    others = _descendants(foreign, children, stop=marked)
+    mine = marked | {
+        pid for pid, proc in procs.items() if named.search(" ".join(proc.info["cmdline"] or []))
+    }
+    sid = _recorded_session(settings)
+    session = {pid for pid in procs if sid is not None and _session_id(pid) == sid}
+    if session & marked:
+        mine |= session
+    return [procs[pid] for pid in sorted(_descendants(mine - others, children, stop=others))]
+
+
+def _descendants(roots: set[int], children: dict[int, list[int]], stop=frozenset()) -> set[int]:
+    """``roots`` and every descendant of theirs, not going through ``stop``."""
+    found, todo = set(roots), list(roots)
+    while todo:
         for child in children.get(todo.pop(), []):
-            if child not in mine:
-                mine.add(child)
+            if child not in found and child not in stop:
+                found.add(child)
                 todo.append(child)
-    return [procs[pid] for pid in sorted(mine)]
+    return found
 
 
 def _session_id(pid: int) -> int | None:

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,18 @@ def test_down_after_a_job_and_the_model_api_leaves_nothing(tmp_path, local_clust
     assert local.cluster_processes(other) == []
     assert core <= {p.pid for p in local.cluster_processes(local_cluster)}
     assert local.is_running(local_cluster), "the session's cluster must be untouched"
+
+
+def test_a_session_record_left_behind_names_nothing(tmp_path):
+    """A record whose cluster died without `down` names a session id the system may give to
+    anything since: here, this test's own session. Without a process of the cluster in
+    it, nothing of it is the cluster's; a record others could have written is not read."""
+    settings = private_settings(tmp_path)
+    local._record_session(settings, os.getsid(0))
+    try:
+        assert local._recorded_session(settings) == os.getsid(0)
+        assert local.cluster_processes(settings) == []
+        local._session_file(settings).chmod(0o666)
+        assert local._recorded_session(settings) is None
+    finally:
+        shutil.rmtree(settings.ray_temp_dir)
