@@ -47,6 +47,15 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> None:
         f"  submit     ray job submit --address {info.dashboard_url} --working-dir . -- "
         "python -m jobs.train --config digits_cnn"
     )
+    # Ray's CLIs send the token only in token mode; `make install` has the venv's activation
+    # set it.
+    activate = Path(sys.prefix) / "bin" / "activate"
+    sets_it = activate.is_file() and "RAY_AUTH_MODE=token" in activate.read_text()
+    console.print(
+        "             (its shell needs RAY_AUTH_MODE=token"
+        + (f": `source {activate}` sets it)" if sets_it else ")"),
+        highlight=False,
+    )
 
 
 def _up_datacenters(settings: Settings, names: list[str], cpus: int) -> None:
