@@ -362,11 +362,12 @@ def residency_map(files: haproxy.ProcessFiles) -> Path:
     return files.folder / "residency.map"
 
 
-def residency_of(spec: EdgeSpec, from_stores: dict[str, tuple[str, ...]]) -> dict[str, str]:
+def residency_of(spec: EdgeSpec, *from_stores: dict[str, tuple[str, ...]]) -> dict[str, str]:
     """The map's entries: the spec's keys and those read from key stores; a key named in
-    both keeps only the datacenters both allow (the stricter residency)."""
+    several keeps only the datacenters all of them allow (the strictest residency), and
+    one they share none of is served nowhere ("none"), never anywhere."""
     merged: dict[str, set[str]] = {}
-    for source in (from_stores, spec.residency.keys):
+    for source in (*from_stores, spec.residency.keys):
         for key_id, datacenters in source.items():
             allowed = set(datacenters)
             merged[key_id] = merged[key_id] & allowed if key_id in merged else allowed
@@ -638,7 +639,7 @@ def _write_private(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _write(files: haproxy.ProcessFiles, rendered: Rendered) -> None:
+def write_files(files: haproxy.ProcessFiles, rendered: Rendered) -> None:
     files.folder.mkdir(parents=True, exist_ok=True)
     files.folder.chmod(0o700)
     _write_private(residency_map(files), rendered.residency)
@@ -653,9 +654,9 @@ def up(spec: EdgeSpec, folder: Path, residency: dict[str, str] | None = None) ->
     never replaces the running one.
     """
     files, staging = haproxy.ProcessFiles(folder), haproxy.ProcessFiles(folder / "staging")
-    _write(staging, render(spec, staging, residency))
+    write_files(staging, render(spec, staging, residency))
     haproxy.check(staging.config)
-    _write(files, render(spec, files, residency))
+    write_files(files, render(spec, files, residency))
     if haproxy.master(files) is not None:
         haproxy.reload(files)
         return Started(haproxy.master(files).pid, reloaded=True, files=files)

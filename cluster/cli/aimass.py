@@ -9,6 +9,8 @@ aimass keys create NAME [--scope predict|admin]... [--rate R [--burst B]]
 aimass models list | show NAME[@ALIAS|@VERSION] | promote NAME VERSION | rollback NAME
               | diff REF_A REF_B | history NAME       (promote/rollback/history: --alias)
 aimass release status [MODEL] | abort MODEL [--reason WHY]
+aimass edge check|up|residency --config EDGE.yaml | status | weight CLUSTER W
+            | drain CLUSTER | ready CLUSTER | down      (HAProxy across clusters)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 from cluster import local
+from cluster.cli import edge as edge_cli
 from cluster.cli.console import make_console
 from cluster.exceptions import ClusterError
 from cluster.settings import Settings, get_settings
@@ -399,6 +402,7 @@ def parser() -> argparse.ArgumentParser:
     keys.set_defaults(run=cmd_keys)
     _models_parser(sub)
     _release_parser(sub)
+    edge_cli.add_parser(sub)
     return p
 
 

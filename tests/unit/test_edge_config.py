@@ -75,7 +75,7 @@ def _choices(lines: list[str], who: str) -> list[tuple[str, int]]:
 
 def test_haproxy_accepts_it(files, rendered):
     _, _, out = rendered
-    edge._write(files, out)
+    edge.write_files(files, out)
     haproxy.check(files.config)  # raises with HAProxy's messages otherwise
 
 
