@@ -11,6 +11,8 @@ aimass models list | show NAME[@ALIAS|@VERSION] | promote NAME VERSION | rollbac
 aimass release status [MODEL] | abort MODEL [--reason WHY]
 aimass edge check|up|residency --config EDGE.yaml | status | weight CLUSTER W
             | drain CLUSTER | ready CLUSTER | down      (HAProxy across clusters)
+aimass rollout --model M [--candidate V] --cluster REGION=DASHBOARD_URL... [--token R=FILE]
+               a candidate one datacenter's cluster at a time (shared registry)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from rich.table import Table
 
 from cluster import local
 from cluster.cli import edge as edge_cli
+from cluster.cli import rollout as rollout_cli
 from cluster.cli.console import make_console
 from cluster.exceptions import ClusterError
 from cluster.settings import Settings, get_settings
@@ -180,11 +183,26 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _models_list(registry: Registry, _: argparse.Namespace) -> None:
-    table = Table("model", "latest", "aliases", title="Models")
-    for m in registry.list_models():
+    models = registry.list_models()
+    table = Table(
+        "model", "latest", "aliases", title="Models",
+        caption=_regional_note([a for m in models for a in m.aliases]),
+    )  # fmt: skip
+    for m in models:
         aliases = ", ".join(f"{a}={v}" for a, v in m.aliases.items())
         table.add_row(m.name, str(m.latest_version or ""), aliases)
     console.print(table)
+
+
+def _regional_note(aliases: list[str]) -> str | None:
+    """What regional aliases mean (actors/release/aliases.py), when any is shown."""
+    if not any(a.startswith(("champion-", "candidate-")) for a in aliases):
+        return None
+    return (
+        "champion-<region>: what that region's clusters serve while a rollout (aimass "
+        "rollout) goes region by region; other regions serve champion. Their releases move "
+        "champion-<region> / candidate-<region>."
+    )
 
 
 def _models_show(registry: Registry, args: argparse.Namespace) -> None:
@@ -202,8 +220,12 @@ def _models_show(registry: Registry, args: argparse.Namespace) -> None:
         ]:
             table.add_row(field, value)
     else:  # the model: every version, with its aliases and lineage
-        table = Table("version", "aliases", "parent", "run", "git sha", "data", title=args.ref)
-        for v in registry.versions(args.ref):
+        versions = registry.versions(args.ref)
+        table = Table(
+            "version", "aliases", "parent", "run", "git sha", "data", title=args.ref,
+            caption=_regional_note([a for v in versions for a in v.aliases]),
+        )  # fmt: skip
+        for v in versions:
             table.add_row(
                 str(v.version),
                 ", ".join(v.aliases),
@@ -403,6 +425,7 @@ def parser() -> argparse.ArgumentParser:
     _models_parser(sub)
     _release_parser(sub)
     edge_cli.add_parser(sub)
+    rollout_cli.add_parser(sub)
     return p
 
 
