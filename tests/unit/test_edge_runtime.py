@@ -42,6 +42,7 @@ class Backend:
     status: int = 200  # what POSTs answer
     delay_s: float = 0.0
     port: int = 0
+    in_flight: int = 0  # POSTs being answered now
 
     def handler(self):
         backend = self
@@ -64,7 +65,9 @@ class Backend:
 
             def do_POST(self):  # noqa: N802
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                backend.in_flight += 1
                 time.sleep(backend.delay_s)
+                backend.in_flight -= 1
                 self._answer(backend.status, {"headers": dict(self.headers.items())})
 
             def log_message(self, *_):
@@ -221,7 +224,7 @@ def test_a_reload_keeps_requests_in_flight_and_runtime_changes(running, backends
     result = {}
     slow = threading.Thread(target=lambda: result.update(answer=running.post("us-east")))
     slow.start()
-    time.sleep(0.3)  # the request is at the backend now (it takes 1 s there)
+    wait_until(lambda: backends["us-east"].in_flight == 1, what="the request at the backend")
     changed = _spec(backends, running.ports, slowstart_s=1)
     again = edge.up(changed, running.folder)
     assert again.reloaded
