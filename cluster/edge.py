@@ -581,7 +581,9 @@ def _all_backend(spec: EdgeSpec) -> list[str]:
         "    option redispatch 1",
         "    retry-on conn-failure empty-response",
         "    default-server init-addr last,libc,none",
-        "    # Each server follows its datacenter backend's check (and its drain/maint).",
+        "    # Each server follows its datacenter backend's check (and its drain/maint); its",
+        "    # answers eject nothing: observe needs a server's own checks (the region",
+        "    # frontends' answers and the checks do).",
         *(_server(spec, c, track=f"{backend_of(c.datacenter)}/{c.name}") for c in spec.clusters),
         "",
     ]
