@@ -173,10 +173,11 @@ def cmd_rollout(settings: Settings, args: argparse.Namespace) -> None:
                 )
             _unpin(registry, model, clusters, p.candidate)
             moved = f"; moved back in {', '.join(promoted)}" if promoted else ""
-            later = ", ".join(p.todo[p.todo.index(region) + 1 :]) or "no other region"
+            later = p.todo[p.todo.index(region) + 1 :]
+            untouched = f"; not started in {', '.join(later)}" if later else ""
             raise ClusterError(
-                f"The release in {region} failed: v{p.candidate} rolled back there{moved}; "
-                f"not started in {later}. Every region serves v{p.champion}.\n{err}"
+                f"The release in {region} failed: v{p.candidate} rolled back there{moved}"
+                f"{untouched}. Every region serves v{p.champion}.\n{err}"
             ) from None
         now = registry.all_aliases().get(model, {}).get(champion_alias(region))
         if now != p.candidate:
