@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from cluster import local
+from cluster import local, local_datacenters
 from cluster.settings import Settings, get_settings
 
 
@@ -23,8 +23,9 @@ def log(message: str) -> None:
 
 
 @contextlib.contextmanager
-def cluster(existing: bool) -> Iterator[Settings]:
-    """The cluster to run on: the current settings' (must be running) or a private one."""
+def cluster(existing: bool, datacenters: tuple[str, ...] = ()) -> Iterator[Settings]:
+    """The cluster to run on: the current settings' (must be running) or a private one,
+    with a node per datacenter when ``datacenters`` are named (``aimass up --datacenters``)."""
     if existing:
         settings = get_settings()
         if not local.is_running(settings):
@@ -47,6 +48,8 @@ def cluster(existing: bool) -> Iterator[Settings]:
         log(f"starting a private Ray cluster at {settings.gcs_address}")
         try:
             local.up(settings)  # inside the try: a start that times out is still cleaned up
+            if datacenters:
+                local_datacenters.start(settings, list(datacenters))
             yield settings
         finally:
             local.down(settings)

@@ -43,6 +43,7 @@ from serve_apps._private.datacenters import (
     DatacenterHealth,
     Datacenters,
     predictor_name,
+    read_replicas,
     watch_replicas,
 )
 from serve_apps._private.http import ApiError, read_json_body, safe_header
@@ -169,7 +170,9 @@ class Gateway:
         self._watching()
         if self.datacenters is None:
             return SINGLE
-        return self.datacenters.order(request.headers.get(ORIGIN_HEADER), caller)
+        origin, order = self.datacenters.order(request.headers.get(ORIGIN_HEADER), caller)
+        request.state.origin = origin  # with the answering region: the spillover metric
+        return order
 
     @api.get("/healthz", tags=["health"])
     async def healthz(self) -> dict[str, str]:
@@ -179,7 +182,11 @@ class Gateway:
     async def readyz(self, model: str | None = None) -> dict:
         """Ready to answer (``model``, or any model): it is served and Predictor replicas
         run here. What a load balancer in front of clusters checks (no key needed)."""
-        running = self._watching().running
+        health = self._watching()
+        if health.running is None:  # a replica's first probe: read now, not after a poll
+            app = serve.get_replica_context().app_name
+            await read_replicas(health, app, self._deployments, serve.status)
+        running = health.running
         routes = await self.releases.routes()
         if model is not None and checked_name(model) not in routes:
             raise ApiError(503, "not_ready", f"{model!r} is not served here.", _RETRY)

@@ -27,12 +27,13 @@ from serve_apps.schemas import ModelsApiArgs
 def build(args: ModelsApiArgs) -> Application:
     """The application for ``args`` (Serve calls it with the config's ``args``).
 
-    Each datacenter named must have nodes in this cluster: a Predictor pinned to a region
-    without nodes would wait for one forever, so the deploy fails at once, naming it.
+    It does not ask whether each datacenter has nodes now: an autoscaling cluster (KubeRay,
+    the launcher) adds a region's nodes when its replicas are pending, and KubeRay deploys
+    as soon as the head is ready. ``aimass deploy`` refuses a datacenter without nodes
+    before deploying (``cluster.cli.placement_check``), for clusters of fixed nodes.
     """
     if not args.datacenters:
         return Gateway.bind(Predictor.bind(), Generator.bind())
-    _check_datacenters_exist(args.datacenters)
     predictors = {
         dc: Predictor.options(
             name=predictor_name(dc), ray_actor_options={"label_selector": {REGION_LABEL: dc}}
@@ -40,19 +41,6 @@ def build(args: ModelsApiArgs) -> Application:
         for dc in args.datacenters
     }
     return Gateway.bind(predictors, Generator.bind())
-
-
-def _check_datacenters_exist(datacenters: list[str]) -> None:
-    import ray
-
-    regions = {n["Labels"].get(REGION_LABEL) for n in ray.nodes() if n.get("Alive")}
-    for i, dc in enumerate(datacenters):
-        if dc not in regions:
-            known = ", ".join(sorted(r for r in regions if r)) or "none"
-            raise ValueError(
-                f"args.datacenters[{i}]: no node of this cluster is in datacenter {dc!r} "
-                f"(regions with nodes: {known}); start it with `aimass up --datacenters ...`."
-            )
 
 
 app = build

@@ -19,10 +19,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(getattr(pytest.mark, tier))
 
 
-@pytest.fixture(scope="session")
-def cluster_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def private_cluster_env(home: Path) -> dict[str, str]:
     """AIMASS_* settings for a private cluster: its own home, token and ports."""
-    home = tmp_path_factory.mktemp("aimass-home")
     return {
         "AIMASS_HOME": str(home),
         "AIMASS_TOKEN_PATH": str(home / "auth_token"),
@@ -30,6 +28,18 @@ def cluster_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "AIMASS_DASHBOARD_PORT": str(free_port()),
         "AIMASS_SERVE_PORT": str(free_port()),
     }
+
+
+@pytest.fixture(scope="session")
+def new_cluster_env(tmp_path_factory: pytest.TempPathFactory):
+    """``new_cluster_env(name)``: settings for another private cluster (another shape)."""
+    return lambda name: private_cluster_env(tmp_path_factory.mktemp(name))
+
+
+@pytest.fixture(scope="session")
+def cluster_env(new_cluster_env) -> dict[str, str]:
+    """AIMASS_* settings of the session's shared cluster."""
+    return new_cluster_env("aimass-home")
 
 
 @pytest.fixture(scope="session")
@@ -59,10 +69,11 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def make_package(tmp_path: Path):
-    """A factory of real model packages: ``make_package("v1", accuracy=0.9)`` writes a fresh
-    digits CNN's weights, ONNX model and config.json into a new folder and returns it."""
+@pytest.fixture(scope="session")
+def package_factory(tmp_path_factory: pytest.TempPathFactory):
+    """A factory of real model packages: ``package_factory("v1", accuracy=0.9)`` writes a
+    fresh (untrained) digits CNN's weights, ONNX model and config.json into a new folder and
+    returns it."""
     import torch
 
     from models import package
@@ -71,8 +82,7 @@ def make_package(tmp_path: Path):
     from models.zoo import architecture, build_model
 
     def make(name: str = "pkg", accuracy: float = 0.9) -> Path:
-        folder = tmp_path / name
-        folder.mkdir(parents=True)
+        folder = tmp_path_factory.mktemp(name)
         model = build_model("digits_cnn")
         save_weights(model, folder / package.WEIGHTS_FILE)
         export_onnx(model, torch.rand(2, 64), folder / package.ONNX_FILE)
@@ -81,3 +91,9 @@ def make_package(tmp_path: Path):
         return folder
 
     return make
+
+
+@pytest.fixture
+def make_package(package_factory):
+    """``package_factory`` for one test."""
+    return package_factory

@@ -1,6 +1,8 @@
 """``aimass``: operate the embedded cluster and its API keys.
 
-aimass up        start the local Ray head (token auth, 127.0.0.1, datacenter labels)
+aimass up [--datacenters A,B]   start the local Ray head (token auth, 127.0.0.1, datacenter
+                 labels), and one node per datacenter
+aimass datacenter stop|start NAME   lose a datacenter's node, or bring it back
 aimass status    nodes with labels and resources, jobs, Serve applications
 aimass down      stop what `up` started
 aimass deploy [CONFIG]   check a Serve config against the datacenters, serve deploy, wait
@@ -40,8 +42,10 @@ if TYPE_CHECKING:  # the registry pulls in MLflow: only `aimass models` pays for
 console = make_console()
 
 
-def cmd_up(settings: Settings, _: argparse.Namespace) -> None:
+def cmd_up(settings: Settings, args: argparse.Namespace) -> None:
     info = local.up(settings)
+    if args.datacenters:
+        _up_datacenters(settings, args.datacenters.split(","), args.datacenter_cpus)
     verb = "Started" if info.started else "Already running:"
     console.print(f"{verb} Ray head at [bold]{info.gcs_address}[/] (token auth on)")
     console.print(f"  dashboard  {info.dashboard_url}  (token in {info.token_path})")
@@ -49,6 +53,45 @@ def cmd_up(settings: Settings, _: argparse.Namespace) -> None:
         f"  submit     ray job submit --address {info.dashboard_url} --working-dir . -- "
         "python -m jobs.train --config digits_cnn"
     )
+    # Ray's CLIs send the token only in token mode; `make install` has the venv's activation
+    # set it.
+    activate = Path(sys.prefix) / "bin" / "activate"
+    sets_it = activate.is_file() and "RAY_AUTH_MODE=token" in activate.read_text()
+    console.print(
+        "             (its shell needs RAY_AUTH_MODE=token"
+        + (f": `source {activate}` sets it)" if sets_it else ")"),
+        highlight=False,
+    )
+
+
+def _up_datacenters(settings: Settings, names: list[str], cpus: int) -> None:
+    from cluster import local_datacenters
+
+    local.connect_clients(settings)
+    started = local_datacenters.start(settings, names, cpus)
+    nodes = local_datacenters.running(settings)
+    for name in names:
+        how = "started" if name in started else "running"
+        console.print(f"  datacenter {name:<12} node {nodes[name]}  ({how}, {cpus} CPUs)")
+
+
+def cmd_datacenter(settings: Settings, args: argparse.Namespace) -> None:
+    """Lose a datacenter's node (``stop``) or bring it back (``start``): a failover drill."""
+    from cluster import local_datacenters
+
+    local.connect_clients(settings)
+    if args.action == "stop":
+        count = local_datacenters.stop(settings, args.name)
+        console.print(f"Stopped datacenter {args.name} ({count} processes).")
+    else:
+        names, _ = local_datacenters.layout(settings)
+        if args.name not in names:
+            raise ClusterError(
+                f"{args.name!r} is not a datacenter of this cluster ({', '.join(names) or 'none'})."
+            )
+        local_datacenters.start(settings)
+        node = local_datacenters.running(settings)[args.name]
+        console.print(f"Datacenter {args.name} is up again: node {node}.")
 
 
 def cmd_down(settings: Settings, _: argparse.Namespace) -> None:
@@ -69,7 +112,8 @@ def cmd_status(settings: Settings, _: argparse.Namespace) -> None:
     from ray.util.state import list_nodes
 
     nodes = Table("node", "state", "labels", "resources", title="Nodes")
-    for node in list_nodes(address=settings.dashboard_url, detail=True):
+    found = list_nodes(address=settings.dashboard_url, detail=True)
+    for node in found:
         labels = "\n".join(f"{k}={v}" for k, v in sorted(node.labels.items()) if "node-id" not in k)
         res = "\n".join(
             _resource(k, v)
@@ -82,14 +126,35 @@ def cmd_status(settings: Settings, _: argparse.Namespace) -> None:
     for job in JobSubmissionClient(settings.dashboard_url).list_jobs()[-10:]:
         jobs.add_row(job.submission_id or job.job_id or "", str(job.status), job.entrypoint)
     console.print(jobs)
-    _print_serve(settings)
+    details = _print_serve(settings)
+    _print_datacenters(settings, found, details)
+
+
+def _print_datacenters(settings: Settings, nodes: list, details: dict) -> None:
+    """Replicas per datacenter and deployment; answers by origin, and where they spilled."""
+    from cluster.cli import status
+
+    replicas = status.replicas_by_datacenter(details, status.region_of_nodes(nodes))
+    placed = Table("deployment", "replicas per datacenter", title="Replicas by datacenter")
+    for name, counts in sorted(replicas.items()):
+        placed.add_row(name, ", ".join(f"{dc or '-'}={n}" for dc, n in sorted(counts.items())))
+    console.print(placed)
+    pages = status.scrape(status.metric_targets(settings.ray_temp_dir))
+    rows = status.routing_rows(status.answers_by_origin(pages))
+    if rows:
+        routing = Table(
+            "origin", "answers", "served at origin", "spilled to", title="Routing by datacenter"
+        )
+        for row in rows:
+            routing.add_row(*row)
+        console.print(routing)
 
 
 def _resource(name: str, amount: float) -> str:
     return f"{name}={amount / 2**30:.1f} GiB" if "memory" in name else f"{name}={amount:g}"
 
 
-def _print_serve(settings: Settings) -> None:
+def _print_serve(settings: Settings) -> dict:
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient  # the `serve` CLI's client
 
     details = ServeSubmissionClient(settings.dashboard_url).get_serve_details()
@@ -101,6 +166,7 @@ def _print_serve(settings: Settings) -> None:
         )
         apps.add_row(name, app["status"], str(app.get("route_prefix")), deployments)
     console.print(apps)
+    return details
 
 
 def cmd_deploy(settings: Settings, args: argparse.Namespace) -> None:
@@ -400,7 +466,18 @@ def _release_parser(sub) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aimass", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="start the local Ray head").set_defaults(run=cmd_up)
+    up = sub.add_parser("up", help="start the local Ray head (and datacenter nodes)")
+    up.add_argument(
+        "--datacenters",
+        metavar="A,B[,C]",
+        help="also one Ray node per datacenter, labelled with its region (e.g. us-east,eu-west)",
+    )
+    up.add_argument("--datacenter-cpus", type=int, default=2, help="CPUs of each such node")
+    up.set_defaults(run=cmd_up)
+    dc = sub.add_parser("datacenter", help="stop or start one datacenter's node (drills)")
+    dc.add_argument("action", choices=["stop", "start"])
+    dc.add_argument("name", help="the datacenter (its region label)")
+    dc.set_defaults(run=cmd_datacenter)
     sub.add_parser("down", help="stop the local Ray head").set_defaults(run=cmd_down)
     sub.add_parser("status", help="nodes, jobs, Serve apps").set_defaults(run=cmd_status)
     deploy = sub.add_parser(

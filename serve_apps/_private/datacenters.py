@@ -178,15 +178,36 @@ class Datacenters:
         self.health.eject_after = policy.eject_after_failures
         self.health.eject_for_s = policy.eject_for_s
 
-    def order(self, header: str | None, key: KeyRecord) -> tuple[str, ...]:
-        """The serving order of a request presenting ``key`` (see ``reach``)."""
+    def order(self, header: str | None, key: KeyRecord) -> tuple[str, tuple[str, ...]]:
+        """The origin and serving order of a request presenting ``key`` (see ``reach``)."""
         tenant_places = self.policy.tenants.get(key.tenant) if key.tenant else None
         who = f"key {key.id}" + (f" (tenant {key.tenant})" if tenant_places is not None else "")
         home = key.home if key.home in self.names else None
         request = reach(
             self.topology, header, home, key.datacenters, tenant_places, self.default, who
         )
-        return serving_order(request, self.topology, self.health.usable)
+        return request.origin, serving_order(request, self.topology, self.health.usable)
+
+
+async def read_replicas(
+    health: DatacenterHealth,
+    app: str,
+    deployments: dict[str | None, str],
+    read_status: Callable[[], object],
+) -> None:
+    """Set ``health.running`` once: RUNNING replicas of each datacenter's Predictor
+    (``deployments``: datacenter, or None without datacenters, -> deployment name), read
+    from the Serve controller. A failed read keeps the last view."""
+    try:
+        status = await asyncio.to_thread(read_status)
+        found = status.applications[app].deployments
+        health.running = {
+            dc: found[name].replica_states.get("RUNNING", 0)
+            for dc, name in deployments.items()
+            if name in found
+        }
+    except Exception as err:  # keep the last view; the next poll may succeed
+        logger.warning("could not read the Predictor replicas: %r", err)
 
 
 async def watch_replicas(
@@ -196,19 +217,9 @@ async def watch_replicas(
     read_status: Callable[[], object],
     period_s: Callable[[], float],
 ) -> None:
-    """Keep ``health.running`` current: RUNNING replicas of each datacenter's Predictor
-    (``deployments``: datacenter, or None without datacenters, -> deployment name), read
-    from the Serve controller every ``period_s()`` seconds, off the request path: a lost
-    datacenter leaves the serving order within a poll, and readiness follows replicas."""
+    """Keep ``health.running`` current every ``period_s()`` seconds, off the request path:
+    a lost datacenter leaves the serving order within a poll, and readiness follows
+    replicas."""
     while True:
-        try:
-            status = await asyncio.to_thread(read_status)
-            found = status.applications[app].deployments
-            health.running = {
-                dc: found[name].replica_states.get("RUNNING", 0)
-                for dc, name in deployments.items()
-                if name in found
-            }
-        except Exception as err:  # keep the last view; the next poll may succeed
-            logger.warning("could not read the Predictor replicas: %r", err)
+        await read_replicas(health, app, deployments, read_status)
         await asyncio.sleep(period_s())

@@ -5,6 +5,8 @@ deployment, replica and application tags Serve adds).
     aimass_requests_total{model, version, key, status, datacenter}   answers by HTTP status
     aimass_request_latency_ms{model, version, datacenter}  time to the answer's first byte
     aimass_rejections_total{reason, key}                   4xx/5xx by error code
+    aimass_datacenter_answers_total{origin, served}        answers by where they entered and
+                                                           where they were served (spillover)
     aimass_batch_size{model, version}                      requests per ONNX Runtime call
 
 The release controller exports the canary share (``aimass_release_candidate_share``).
@@ -17,6 +19,7 @@ import functools
 
 from fastapi import Request
 
+DATACENTER_ANSWERS = "aimass_datacenter_answers"
 LATENCY_BUCKETS_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
@@ -42,6 +45,12 @@ class GatewayMetrics:
             description="Requests answered with an error, by error code and API key id.",
             tag_keys=("reason", "key"),
         )
+        self.placement = Counter(
+            DATACENTER_ANSWERS,
+            description="Model answers by the datacenter a request came from and the one "
+            "that served it (they differ when it spilled over).",
+            tag_keys=("origin", "served"),
+        )
 
     def observe(self, request: Request, status: int, seconds: float) -> None:
         state = request.state
@@ -61,6 +70,9 @@ class GatewayMetrics:
         if status < 400:
             tags = {"model": model, "version": version, "datacenter": dc}
             self.latency.observe(seconds * 1e3, tags=tags)
+            origin = getattr(state, "origin", None)
+            if origin and dc:
+                self.placement.inc(tags={"origin": origin, "served": dc})
         else:
             self.rejections.inc(tags={"reason": getattr(state, "error", str(status)), "key": key})
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -14,16 +14,14 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import ray
-import uvloop
 from ray import serve
 from ray.util.state import list_actors
 
-from bench._serve_load import read_response
+from bench._open_loop import open_loop
 from cluster.cli.deploy import deploy_models_api, rendered_config, wait_for_version
 from cluster.settings import Settings
 from models.registry import Registry
@@ -41,23 +39,52 @@ class Served:
         return f"{self.settings.serve_url}/v1/models/digits/predict"
 
 
+def run_in_user_shell(
+    script: str, home: Path, repo: Path, env: dict[str, str] | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess:
+    """Run ``script`` with bash in ``repo`` as a user's new shell would, after the README's
+    `source .venv/bin/activate`: what `env -i PATH=… HOME=…` leaves (PATH without this venv,
+    HOME ``home``), plus ``env`` (the test cluster's AIMASS_* ports), nothing else."""
+    venv_bin = Path(sys.prefix) / "bin"
+    assert (repo / ".venv").resolve() == Path(sys.prefix).resolve(), f"tests run in {sys.prefix}"
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != venv_bin)
+    return subprocess.run(
+        ["bash", "-c", f"source .venv/bin/activate\n{script}"],
+        cwd=repo,
+        env={"PATH": path, "HOME": str(home), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def user_home(settings: Settings) -> Path:
+    """A HOME whose ~/.ray/auth_token (where Ray's CLIs look) is the cluster's token."""
+    home = settings.home / "user-home"
+    token = home / ".ray" / "auth_token"
+    if not os.path.lexists(token):
+        token.parent.mkdir(parents=True, exist_ok=True)
+        token.symlink_to(settings.token_path)
+    return home
+
+
 def ray_job_submit(
     settings: Settings, repo: Path, *entrypoint: str, expect_ok: bool = True
 ) -> subprocess.CompletedProcess:
-    """`ray job submit --address … --working-dir . -- <entrypoint>`, as the README says."""
-    ray_cli = str(Path(sys.executable).with_name("ray"))
-    cmd = [ray_cli, "job", "submit", "--address", settings.dashboard_url, "--working-dir", "."]
-    proc = subprocess.run(
-        [*cmd, "--", *entrypoint],
-        cwd=repo,
-        env=os.environ,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    """`ray job submit --address … --working-dir . -- <entrypoint>`, as the README says, from
+    a user's shell (``run_in_user_shell``): the job commands of the README work as written."""
+    command = f"ray job submit --address {settings.dashboard_url} --working-dir . -- "
+    proc = run_in_user_shell(command + shlex.join(entrypoint), user_home(settings), repo)
     if expect_ok:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
+
+
+@pytest.fixture(scope="session")
+def user_shell():
+    """``user_shell(script, home, repo, env=None)``: ``run_in_user_shell``, for tests that run
+    the README's own shell blocks."""
+    return run_in_user_shell
 
 
 @pytest.fixture(scope="session")
@@ -187,72 +214,6 @@ def arrivals(served: Served):
     return lambda rate, duration_s: open_loop(
         served.predict_url, served.key, ONE_DIGIT, rate, duration_s
     )
-
-
-@dataclass(frozen=True)
-class Answer:
-    """One open-loop request's outcome: status (or the client error's name), latency, and
-    the ``Retry-After`` it carried."""
-
-    rid: str
-    status: int | str
-    latency_ms: float
-    retry_after: str | None
-
-
-def open_loop(url: str, key: str, body: dict, rate: float, duration_s: float) -> list[Answer]:
-    """Send ``rate`` requests per second for ``duration_s``, each on schedule whether or not
-    earlier ones were answered (arrivals do not wait, as on a public API), then wait for
-    every answer (30 s timeout each). One Answer per request: the ledger.
-
-    A lean HTTP/1.1 client (keep-alive connections reused, request bytes built once, uvloop):
-    on two cores a general-purpose client at 2x the service's capacity took as much CPU as
-    the proxy, and its own delays were most of the latency it measured.
-    """
-    target = urlsplit(url)
-    payload = json.dumps(body).encode()
-    head = (
-        f"POST {target.path} HTTP/1.1\r\nHost: {target.netloc}\r\nX-API-Key: {key}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
-    ).encode()
-
-    async def run() -> list[Answer]:
-        idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-
-        async def exchange(rid: str) -> tuple[int, str | None]:
-            reader, writer = (
-                idle.pop() if idle else await asyncio.open_connection(target.hostname, target.port)
-            )
-            writer.write(head + f"X-Request-ID: {rid}\r\n\r\n".encode() + payload)
-            status, headers = await read_response(reader)
-            idle.append((reader, writer))
-            at = headers.find(b"\r\nretry-after:")
-            retry_after = (
-                headers[at + 14 : headers.index(b"\r\n", at + 2)].strip() if at >= 0 else None
-            )
-            return status, retry_after.decode() if retry_after else None
-
-        async def one() -> Answer:
-            rid = uuid.uuid4().hex
-            t0 = time.perf_counter()
-            try:
-                status, retry_after = await asyncio.wait_for(exchange(rid), 30)
-            except (OSError, EOFError, asyncio.IncompleteReadError, TimeoutError) as err:
-                status, retry_after = type(err).__name__, None
-            return Answer(rid, status, (time.perf_counter() - t0) * 1e3, retry_after)
-
-        start, tasks = time.perf_counter(), []
-        for n in range(int(rate * duration_s)):
-            if (wait := start + n / rate - time.perf_counter()) > 0:
-                await asyncio.sleep(wait)
-            tasks.append(asyncio.ensure_future(one()))
-        answers = list(await asyncio.gather(*tasks))
-        for _, writer in idle:
-            writer.close()
-        return answers
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(run())
 
 
 class ServeOps:
