@@ -1,4 +1,4 @@
-"""``aimass edge``: HAProxy in front of several clusters' model APIs (cluster/edge.py).
+"""``aimass edge``: HAProxy in front of several clusters' model APIs (cluster/edge/).
 
 aimass edge check --config EDGE.yaml     render it and have HAProxy check it (haproxy -c)
 aimass edge up --config EDGE.yaml        start the edge, or reload the running one seamlessly
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from cluster import edge, haproxy
+from cluster import edge
 from cluster.cli.console import make_console
 from cluster.settings import Settings
 
@@ -65,9 +65,9 @@ def cmd_edge(settings: Settings, args: argparse.Namespace) -> None:
 def _check(_: Path, args: argparse.Namespace) -> None:
     spec = edge.load_spec(Path(args.config))
     with tempfile.TemporaryDirectory(prefix="aimass-edge-check-") as tmp:
-        files = haproxy.ProcessFiles(Path(tmp))
+        files = edge.ProcessFiles(Path(tmp))
         edge.write_files(files, edge.render(spec, files, _residency(spec)))
-        haproxy.check(files.config)
+        edge.check(files.config)
     console.print(f"{args.config}: valid ({_summary(spec)}).")
 
 
@@ -114,7 +114,7 @@ def _down(folder: Path, _: argparse.Namespace) -> None:
     console.print("Stopped the edge." if stopped else f"No edge runs from {folder}.")
 
 
-def _print_rows(rows: list[haproxy.ServerRow]) -> None:
+def _print_rows(rows: list[edge.ServerRow]) -> None:
     for r in rows:
         console.print(f"  {r.backend}/{r.server}: {r.status}, weight {r.weight}")
 
@@ -126,7 +126,7 @@ def _weight(folder: Path, args: argparse.Namespace) -> None:
 
 
 def _state(folder: Path, args: argparse.Namespace) -> None:
-    state = haproxy.AdminState.DRAIN if args.action == "drain" else haproxy.AdminState.READY
+    state = edge.AdminState.DRAIN if args.action == "drain" else edge.AdminState.READY
     rows = edge.set_state(folder, args.cluster, state)
     what = "takes no new requests" if args.action == "drain" else "takes requests again"
     console.print(f"{args.cluster} {what} (those in flight go on):")

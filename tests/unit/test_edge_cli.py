@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster import edge, haproxy
+from cluster import edge
 from cluster.cli import aimass
 from cluster.local import free_port
 from serve_apps.keys import KeyStore, keys_uri
@@ -44,9 +44,9 @@ def test_the_edge_commands_end_to_end(spec_file, tmp_path, capsys, settings_env)
     assert "valid (2 clusters" in _aimass(capsys, "edge", "check", "--config", str(path))
     out = _aimass(capsys, "edge", "up", "--config", str(path), *state)
     assert "Started the edge" in out and "1 restricted keys" in out
-    files = haproxy.ProcessFiles(tmp_path / "edge")
+    files = edge.ProcessFiles(tmp_path / "edge")
     try:
-        assert edge.residency_map(files).read_text() == f"{key_id} eu-west\n"
+        assert files.residency_map.read_text() == f"{key_id} eu-west\n"
         out = _aimass(capsys, "edge", "status", *state)
         assert "use-1" in out and "euw-1" in out and "us-east" in out
         out = _aimass(capsys, "edge", "weight", "euw-1", "7", *state)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import edge, haproxy
+from cluster import edge
 
 THREE_DCS = {
     "clusters": [
@@ -48,8 +48,8 @@ def sections(text: str) -> dict[str, list[str]]:
 
 
 @pytest.fixture
-def files(tmp_path: Path) -> haproxy.ProcessFiles:
-    return haproxy.ProcessFiles(tmp_path / "edge")
+def files(tmp_path: Path) -> edge.ProcessFiles:
+    return edge.ProcessFiles(tmp_path / "edge")
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def _choices(lines: list[str], who: str) -> list[tuple[str, int]]:
 def test_haproxy_accepts_it(files, rendered):
     _, _, out = rendered
     edge.write_files(files, out)
-    haproxy.check(files.config)  # raises with HAProxy's messages otherwise
+    edge.check(files.config)  # raises with HAProxy's messages otherwise
 
 
 def test_rendering_is_a_pure_function(files):
@@ -157,7 +157,7 @@ def test_the_key_is_read_as_the_gateway_reads_it_and_only_it_goes_on(files, rend
     assert lines.index("http-request del-header Authorization") > x_api_key
     assert "http-request del-header X-API-Key" in lines
     assert (
-        f"http-request set-var(txn.allowed) var(txn.key_id),map({edge.residency_map(files)})"
+        f"http-request set-var(txn.allowed) var(txn.key_id),map({files.residency_map})"
         " if { var(txn.key_id) -m found }"
     ) in lines
 
@@ -229,6 +229,6 @@ def test_a_datacenter_meets_its_share_with_one_cluster_of_one():
     spec = edge.EdgeSpec.model_validate(
         THREE_DCS | {"failover": {"healthy_share": 1.0}, "frontends": [THREE_DCS["frontends"][0]]}
     )
-    out = sections(edge.render(spec, haproxy.ProcessFiles(Path("/tmp/x"))).config)
+    out = sections(edge.render(spec, edge.ProcessFiles(Path("/tmp/x"))).config)
     choices = _choices(out["frontend region_eu-west"], "!restricted")
     assert choices == [("eu-west", 1), ("us-east", 3), ("ap-south", 1), ("us-east", 1)]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import edge, haproxy
+from cluster import edge
 from cluster.local import free_port
 
 KEY_EU = "amk_0123456789ab_" + "e" * 32  # restricted to eu-west by the spec
@@ -159,7 +159,7 @@ def running(backends, tmp_path):
         yield running
     finally:
         assert edge.down(folder)
-    assert haproxy.master(haproxy.ProcessFiles(folder)) is None
+    assert edge.master(edge.ProcessFiles(folder)) is None
 
 
 def test_each_region_is_served_at_home_and_told_where_it_entered(running):
@@ -181,7 +181,7 @@ def test_each_region_is_served_at_home_and_told_where_it_entered(running):
 
 
 def test_the_runtime_api_is_a_private_socket(running):
-    files = haproxy.ProcessFiles(running.folder)
+    files = edge.ProcessFiles(running.folder)
     assert files.socket.stat().st_mode & 0o777 == 0o600
     assert files.folder.stat().st_mode & 0o777 == 0o700
     assert edge.runtime(running.folder).info()["Name"] == "HAProxy"
@@ -206,11 +206,11 @@ def test_weight_drain_and_ready_change_traffic_on_an_open_connection(running):
     edge.set_weight(running.folder, "us-east-1", 300 // 3)
     assert split() == {"us-east": 10, "eu-west": 10}
 
-    edge.set_state(running.folder, "us-east-1", haproxy.AdminState.DRAIN)
+    edge.set_state(running.folder, "us-east-1", edge.AdminState.DRAIN)
     assert running.states()[("dc_us-east", "us-east-1")] == "DRAIN"
     assert running.served_by("us-east") == "eu-west"  # its region fails over
     assert split(6) == {"eu-west": 6}
-    edge.set_state(running.folder, "us-east-1", haproxy.AdminState.READY)
+    edge.set_state(running.folder, "us-east-1", edge.AdminState.READY)
     assert running.served_by("us-east") == "us-east"
     assert conn.sock is socket_before  # one connection all along: nothing was dropped
     conn.close()
@@ -219,7 +219,7 @@ def test_weight_drain_and_ready_change_traffic_on_an_open_connection(running):
 
 
 def test_a_reload_keeps_requests_in_flight_and_runtime_changes(running, backends):
-    edge.set_state(running.folder, "eu-west-1", haproxy.AdminState.DRAIN)
+    edge.set_state(running.folder, "eu-west-1", edge.AdminState.DRAIN)
     backends["us-east"].delay_s = 1.0
     result = {}
     slow = threading.Thread(target=lambda: result.update(answer=running.post("us-east")))
@@ -260,8 +260,8 @@ def test_a_restricted_key_is_refused_rather_than_served_elsewhere(running, backe
     )
     assert changes == {"added": ["ba9876543210"], "changed": [], "removed": []}
     assert running.served_by("global", {"X-API-Key": KEY_ANY}) == "us-east"
-    files = haproxy.ProcessFiles(running.folder)
-    assert "ba9876543210 us-east" in edge.residency_map(files).read_text()
+    files = edge.ProcessFiles(running.folder)
+    assert "ba9876543210 us-east" in files.residency_map.read_text()
 
 
 def test_the_edges_own_errors_are_json_with_the_request_id(running, backends):
