@@ -46,6 +46,12 @@ RELEASE_OPTIONS = (
 console = make_console()
 
 
+def _say(region: str, text: str) -> None:
+    """``[region] text``, as written: ``markup=False``, or rich would take ``[us-east]``
+    (and a job's own ``[release]``) for a style tag and print nothing of it."""
+    console.print(f"[{region}] {text}", markup=False, highlight=False)
+
+
 @dataclass(frozen=True, slots=True)
 class RolloutPlan:
     """What a rollout does, decided from the registry's aliases before anything moves.
@@ -154,16 +160,16 @@ def cmd_rollout(settings: Settings, args: argparse.Namespace) -> None:
         registry.set_alias(model, champion_alias(region), p.champion, f"{why}: pinned first")
     promoted = list(p.done)
     for region in p.done:
-        console.print(f"[{region}] already at v{p.candidate}")
+        _say(region, f"already at v{p.candidate}")
     for region in p.todo:
-        console.print(f"[{region}] release of v{p.candidate} on {clusters[region]}")
+        _say(region, f"release of v{p.candidate} on {clusters[region]}")
         client = _jobs_client(clusters[region], tokens.get(region, settings.token_path))
         try:
             run_job(
                 settings,
                 _release_entrypoint(model, p.candidate, args),
                 REPO,
-                echo=lambda line, r=region: console.print(f"[{r}] {line}", highlight=False),
+                echo=lambda line, r=region: _say(r, line),
                 client=client,
             )
         except ClusterError as err:
@@ -183,7 +189,7 @@ def cmd_rollout(settings: Settings, args: argparse.Namespace) -> None:
         if now != p.candidate:
             raise ClusterError(f"{region}'s release ended, but {champion_alias(region)} is v{now}.")
         promoted.append(region)
-        console.print(f"[{region}] promoted: {champion_alias(region)} -> v{p.candidate}")
+        _say(region, f"promoted: {champion_alias(region)} -> v{p.candidate}")
     registry.set_alias(model, CHAMPION, p.candidate, f"{why}: every region passed")
     _unpin(registry, model, clusters, p.candidate)
     console.print(f"Rolled out: {model}@champion is v{p.candidate} in {', '.join(clusters)}.")

@@ -91,6 +91,7 @@ def world(monkeypatch, tmp_path, settings_env):
             region = client.address.split("//")[1].split(".")[0]  # http://us-east.test:…
             released.append(region)
             assert "--candidate 2" in entrypoint
+            echo("[release] digits: canary of v2")  # a job's line, brackets and all
             if region == fail_in:
                 raise ClusterError("Job ended FAILED: [release] rollback: agreement 0/30")
             registry.aliases[f"champion-{region}"] = 2
@@ -121,7 +122,12 @@ def test_every_region_passed_moves_the_champion_and_unpins(world, capsys):
     assert registry.aliases == {"champion": 2}  # candidate-<region> and pins gone
     pins = [m for m in registry.moves if m[0].startswith("champion-")][:3]
     assert pins == [(f"champion-{r}", 1, "rollout of v2: pinned first") for r in REGIONS]
-    assert "Rolled out: digits@champion is v2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Rolled out: digits@champion is v2" in out
+    # each region's lines keep their prefix (not taken for rich markup), in rollout order
+    lines = [f"[{r}] {what}" for r in REGIONS for what in ("release of v2", "[release]")]
+    assert all(line in out for line in lines), out
+    assert out.index("[us-east] promoted") < out.index("[eu-west] release of v2")
 
 
 def test_a_failure_rolls_back_only_where_it_had_reached(world, capsys):
