@@ -1,10 +1,12 @@
 """Real local Ray clusters, one per datacenter, and a ledger of requests through the edge:
-what tests/e2e/test_edge.py and test_rollout.py share.
+what tests/e2e/test_edge.py and test_rollout.py share (the session's ``fleet`` fixture,
+tests/e2e/conftest.py: starting the clusters is most of either module's time).
 
 Each cluster is its own ``cluster.local.up`` (``aimass up``'s code) with private ports, home
 and token, its head labelled with its datacenter (``AIMASS_REGION``/``AIMASS_ZONE``), and the
 model API deployed with ``serve deploy`` (one Gateway replica, one Predictor: two clusters
-share two cores here).
+share two cores here). The clusters share one registry, a real MLflow tracking server, as a
+fleet's datacenters do (README, Across datacenters).
 
 API keys are per cluster (each gateway reads its own store). A client of the edge may be
 answered by either cluster, so the keys are made in one cluster's store and that file is
@@ -38,8 +40,9 @@ from models.refs import CHAMPION
 from models.registry import Registry
 from models.weights import save_weights
 from models.zoo import architecture, build_model
-from serve_apps.keys import keys_uri
+from serve_apps.keys import KeyStore, keys_uri
 
+REGIONS = ("us-east", "eu-west")
 ONE_DIGIT = {"instances": [[0.0, 0.0, 5.0, 13.0] + [4.0] * 60]}
 
 
@@ -129,6 +132,53 @@ def each(clusters, do) -> None:
     with ThreadPoolExecutor(max_workers=len(clusters)) as pool:
         for done in [pool.submit(do, c) for c in clusters]:
             done.result()
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """The clusters of ``fleet``, their shared registry and the API keys every one knows.
+
+    Attributes:
+        clusters: One cluster per region, serving ``digits@champion``.
+        registry: The shared registry (the tracking server at ``tracking_uri``).
+        tracking_uri: Its URL, as each cluster's settings and an operator's shell name it.
+        keys: ``any``: an unrestricted key; ``eu``: one served only in eu-west.
+        eu_key_id: The id of ``keys["eu"]``.
+        root: The fleet's folder (homes, packages, the tracking server's files).
+    """
+
+    clusters: dict[str, DatacenterCluster]
+    registry: Registry
+    tracking_uri: str
+    keys: dict[str, str]
+    eu_key_id: str
+    root: Path
+
+
+@contextlib.contextmanager
+def fleet(root: Path, regions: tuple[str, ...] = REGIONS):
+    """One cluster per region on one tracking server, a digits champion registered (no
+    training) and served in each; its keys made in the first region's store and replicated
+    to the others. Every cluster is stopped after."""
+    (root / "mlflow").mkdir(parents=True)
+    with tracking_server(root / "mlflow") as url:
+        clusters = {
+            dc: DatacenterCluster(cluster_settings(root, dc, tracking_uri=url)) for dc in regions
+        }
+        try:
+            each(clusters.values(), DatacenterCluster.up)
+            first = clusters[regions[0]].settings
+            registry = Registry.from_settings(first)
+            champion = register(registry, digits_package(root / "pkg-v1"))
+            store = KeyStore(keys_uri(first.storage_root))
+            key_any, _ = store.create("e2e-fleet")
+            key_eu, record_eu = store.create("e2e-fleet-eu", datacenters=("eu-west",))
+            replicate_keys(first, *(c.settings for c in clusters.values() if c.settings != first))
+            each(clusters.values(), lambda c: c.deploy(key_any, champion))
+            keys = {"any": key_any, "eu": key_eu}
+            yield Fleet(clusters, registry, url, keys, record_eu.id, root)
+        finally:
+            each(clusters.values(), DatacenterCluster.down)
 
 
 @dataclass(frozen=True, slots=True)

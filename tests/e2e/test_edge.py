@@ -1,11 +1,12 @@
 """Two real Ray clusters behind the edge (RELIABILITY.md F10, N5): us-east and eu-west, each
 its own `aimass up` on private ports and homes, the model API deployed with `serve deploy`,
-a model registered directly in each cluster's registry, and the edge (HAProxy) in front.
+a model registered directly in their shared registry, and the edge (HAProxy) in front (the
+session's `fleet`, tests/e2e/conftest.py).
 
 - Each region's entry point is served by its own cluster; the global one splits by weight.
 - Under steady load, stopping eu-west (`cluster.local.down`) moves its region's traffic to
   us-east within FAILOVER_BOUND_S with >= 99 % success (client retries allowed); bringing
-  it back (up + serve deploy, the model still in its registry) restores the split within
+  it back (up + serve deploy, the model still in the registry) restores the split within
   RESTORE_BOUND_S of its readiness.
 - A key restricted to eu-west is never served by us-east: 0 residency violations in the
   ledger, the outage included (its requests get the edge's 503 + Retry-After instead).
@@ -21,56 +22,21 @@ from collections import Counter
 
 import httpx
 import pytest
-from multicluster import (  # tests/e2e's own module, on pytest's path
-    ONE_DIGIT,
-    DatacenterCluster,
-    Ledger,
-    Stream,
-    cluster_settings,
-    digits_package,
-    each,
-    register,
-    replicate_keys,
-)
+from multicluster import ONE_DIGIT, REGIONS, Fleet, Ledger, Stream  # tests/e2e's own module
 
 from cluster import edge
 from cluster.cli.edge import key_store_residency
 from cluster.local import free_port
-from models.registry import Registry
-from serve_apps.keys import KeyStore, keys_uri
 
-REGIONS = ("us-east", "eu-west")
 FAILOVER_BOUND_S = 10.0
 RESTORE_BOUND_S = 10.0
 
 
 @pytest.fixture(scope="module")
-def datacenters(tmp_path_factory):
-    """Both clusters up with the model served; yields {region: DatacenterCluster}, the
-    champion version per region, and the keys (any, eu-only)."""
-    root = tmp_path_factory.mktemp("datacenters")
-    clusters = {dc: DatacenterCluster(cluster_settings(root, dc)) for dc in REGIONS}
-    try:
-        each(clusters.values(), DatacenterCluster.up)
-        versions = {}
-        for dc, c in clusters.items():  # each cluster its own registry (its home's SQLite)
-            registry = Registry.from_settings(c.settings)
-            versions[dc] = register(registry, digits_package(root / f"pkg-{dc}"))
-        store = KeyStore(keys_uri(clusters["us-east"].settings.storage_root))
-        key_any, _ = store.create("edge-e2e")
-        key_eu, record_eu = store.create("edge-e2e-eu", datacenters=("eu-west",))
-        replicate_keys(clusters["us-east"].settings, clusters["eu-west"].settings)
-        each(clusters.values(), lambda c: c.deploy(key_any, versions[c.region]))
-        yield clusters, versions, {"any": key_any, "eu": key_eu, "eu_id": record_eu.id}
-    finally:
-        each(clusters.values(), DatacenterCluster.down)
-
-
-@pytest.fixture(scope="module")
-def edge_up(datacenters, tmp_path_factory):
+def edge_up(fleet: Fleet, tmp_path_factory):
     """The edge in front of both: one entry point per region and a global one; yields
     (spec, folder, {entry point: URL of the predict route})."""
-    clusters, _, _ = datacenters
+    clusters = fleet.clusters
     ports = {name: free_port() for name in (*REGIONS, "global")}
     spec = edge.EdgeSpec.model_validate(
         {
@@ -115,8 +81,8 @@ def _served_by(url: str, key: str, n: int) -> Counter:
         )
 
 
-def test_each_region_is_served_at_home_and_the_global_entry_splits(datacenters, edge_up):
-    _, _, keys = datacenters
+def test_each_region_is_served_at_home_and_the_global_entry_splits(fleet, edge_up):
+    keys = fleet.keys
     _, _, urls = edge_up
     assert _served_by(urls["us-east"], keys["any"], 6) == {"us-east": 6}
     assert _served_by(urls["eu-west"], keys["any"], 6) == {"eu-west": 6}
@@ -133,10 +99,11 @@ def test_each_region_is_served_at_home_and_the_global_entry_splits(datacenters, 
     assert r.status_code == 200 and r.headers["x-request-id"] == "e2e-1"
 
 
-def test_f10_a_stopped_cluster_fails_over_and_comes_back(datacenters, edge_up):
-    clusters, versions, keys = datacenters
-    _, folder, urls = edge_up
-    eu = clusters["eu-west"]
+def test_f10_a_stopped_cluster_fails_over_and_comes_back(fleet, edge_up):
+    keys = fleet.keys
+    _, _, urls = edge_up
+    eu = fleet.clusters["eu-west"]
+    champion = fleet.registry.resolve("digits@champion").version
     streams = {
         "eu-west": Stream(urls["eu-west"], keys["any"], in_flight=2),
         "us-east": Stream(urls["us-east"], keys["any"]),
@@ -156,7 +123,7 @@ def test_f10_a_stopped_cluster_fails_over_and_comes_back(datacenters, edge_up):
         load.wait_for(30)  # through the outage
         restart_at = time.monotonic()
         eu.up()
-        eu.deploy(keys["any"], versions["eu-west"])  # the model is still in its registry
+        eu.deploy(keys["any"], champion)  # the model is still in the shared registry
         ready_at = time.monotonic()
         back_at = load.wait_until(
             lambda ledger: any(e.region == "eu-west" for e in ledger.of("eu-west", ready_at)),
@@ -194,7 +161,7 @@ def test_f10_a_stopped_cluster_fails_over_and_comes_back(datacenters, edge_up):
     for e in refused:
         body = json.loads(e.body)
         assert set(body) == {"error", "detail", "request_id"} and body["request_id"] == e.rid
-        assert body["error"] == "no_cluster" and keys["eu_id"] in body["detail"]
+        assert body["error"] == "no_cluster" and fleet.eu_key_id in body["detail"]
     # none of the restricted key's requests failed any other way
     assert {e.status for e in restricted} <= {200, 503}
     # the split is back: the global entry point reaches both clusters again

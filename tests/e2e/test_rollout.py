@@ -16,26 +16,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 
-import pytest
-from multicluster import (  # tests/e2e's own module, on pytest's path
-    DatacenterCluster,
-    Ledger,
-    Stream,
-    cluster_settings,
-    digits_package,
-    each,
-    register,
-    replicate_keys,
-    tracking_server,
-)
+from multicluster import REGIONS, Fleet, Ledger, Stream, register  # tests/e2e's own module
 
 from cluster.cli.deploy import wait_for_version
 from models.registry import Registry
-from serve_apps.keys import KeyStore, keys_uri
 
-REGIONS = ("us-east", "eu-west")
 # Short canaries: two steps of at least 2 s and 20 candidate answers each (no fewer than
 # the thresholds' min_samples, 20: a step must not end before its gates can judge it).
 RELEASE = ["--steps", "50,100", "--min-step-s", "2", "--min-requests", "20"]
@@ -45,51 +31,32 @@ RELEASE = ["--steps", "50,100", "--min-step-s", "2", "--min-requests", "20"]
 SLACK = ["--latency-slack-ms", "2000"]
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    """Both clusters on one tracking server, the model API serving v1 in each."""
-    root = tmp_path_factory.mktemp("rollout")
-    (root / "mlflow").mkdir()
-    with tracking_server(root / "mlflow") as url:
-        clusters = {
-            dc: DatacenterCluster(cluster_settings(root, dc, tracking_uri=url)) for dc in REGIONS
-        }
-        try:
-            each(clusters.values(), DatacenterCluster.up)
-            us = clusters["us-east"].settings
-            registry = Registry.from_settings(us)
-            champion = register(registry, digits_package(root / "pkg-v1"))
-            key, _ = KeyStore(keys_uri(us.storage_root)).create("rollout-e2e")
-            replicate_keys(us, clusters["eu-west"].settings)
-            each(clusters.values(), lambda c: c.deploy(key, champion))
-            yield SimpleNamespace(clusters=clusters, registry=registry, key=key, url=url, root=root)
-        finally:
-            each(clusters.values(), DatacenterCluster.down)
-
-
-def _load(shared) -> Ledger:
+def _load(fleet: Fleet) -> Ledger:
     """Each cluster's own clients, a new end user per request (the canary splits users)."""
     return Ledger(
         {
             dc: Stream(
-                f"{c.settings.serve_url}/v1/models/digits/predict", shared.key, 2, new_users=True
+                f"{c.settings.serve_url}/v1/models/digits/predict",
+                fleet.keys["any"],
+                2,
+                new_users=True,
             )
-            for dc, c in shared.clusters.items()
+            for dc, c in fleet.clusters.items()
         },
         retries=0,  # a release costs no failed request: nothing to retry
     )
 
 
-def _rollout(shared, candidate: int, *flags: str) -> subprocess.CompletedProcess:
+def _rollout(fleet: Fleet, candidate: int, *flags: str) -> subprocess.CompletedProcess:
     """`aimass rollout` from an operator's shell: the shared registry in its settings, each
     cluster's Jobs API with that cluster's own token."""
     argv = [str(Path(sys.executable).with_name("aimass")), "rollout", "--model", "digits"]
     argv += ["--candidate", str(candidate), *RELEASE, *flags]
-    for dc, c in shared.clusters.items():
+    for dc, c in fleet.clusters.items():
         argv += ["--cluster", f"{dc}={c.settings.dashboard_url}"]
         argv += ["--token", f"{dc}={c.settings.token_path}"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIMASS_", "RAY_"))}
-    env |= {"AIMASS_TRACKING_URI": shared.url, "AIMASS_HOME": str(shared.root / "operator")}
+    env |= {"AIMASS_TRACKING_URI": fleet.tracking_uri, "AIMASS_HOME": str(fleet.root / "operator")}
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -106,14 +73,14 @@ def _regional_aliases(registry: Registry) -> dict[str, int]:
 
 
 def test_a_candidate_failing_its_gates_in_the_first_region_never_reaches_the_next(
-    shared, make_package
+    fleet, make_package
 ):
-    registry = shared.registry
+    registry = fleet.registry
     champion = registry.resolve("digits@champion").version
     bad = register(registry, make_package("untrained"), alias=None)  # disagrees with v1
-    with _load(shared) as load:
+    with _load(fleet) as load:
         load.wait_for(20)
-        proc = _rollout(shared, bad, *SLACK)
+        proc = _rollout(fleet, bad, *SLACK)
         load.wait_for(10)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-1000:]
@@ -129,13 +96,13 @@ def test_a_candidate_failing_its_gates_in_the_first_region_never_reaches_the_nex
     assert tags["aimass.release"].startswith("rolled_back")
 
 
-def test_a_good_candidate_goes_region_by_region(shared):
-    registry = shared.registry
+def test_a_good_candidate_goes_region_by_region(fleet):
+    registry = fleet.registry
     before = registry.resolve("digits@champion").version
     good = _copy_of_champion(registry)
-    with _load(shared) as load:
+    with _load(fleet) as load:
         load.wait_for(20)
-        proc = _rollout(shared, good, *SLACK)
+        proc = _rollout(fleet, good, *SLACK)
         load.wait_for(20)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]
@@ -162,5 +129,5 @@ def test_a_good_candidate_goes_region_by_region(shared):
         (e.from_version, e.to_version) for e in registry.alias_history("digits", "champion-us-east")
     ]
     assert (before, good) in history  # the registry recorded the regional promotion
-    for c in shared.clusters.values():
-        wait_for_version(c.settings, shared.key, "digits", good, timeout_s=60)
+    for c in fleet.clusters.values():
+        wait_for_version(c.settings, fleet.keys["any"], "digits", good, timeout_s=60)
