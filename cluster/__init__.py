@@ -7,6 +7,9 @@ It imports nothing else of aimass; every other package may import it.
 - ``storage``: the one storage URI (a folder, ``s3://…``, ``gs://…``) through pyarrow.
 - ``local``: the embedded cluster (``up``, ``down``, ``is_running``), token auth on.
 - ``provenance``: the git commit a model's lineage records.
+- ``edge``: the edge across clusters: its spec, the HAProxy configuration generated from it,
+  and runtime changes (weights, drain, residency) through ``haproxy``.
+- ``haproxy``: the HAProxy process (check, start, reload, stop) and its runtime API.
 - ``exceptions``: ``ClusterError``.
 
 ``cluster.cli`` is not part of this layer: it holds the entrypoints (the ``aimass`` command,

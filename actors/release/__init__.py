@@ -4,8 +4,10 @@
 controller keeps of one (``ReleaseState``, persisted); ``stats`` what it is judged on;
 ``decision`` the pure function that says what a running release does next; ``controller``
 the actor that applies decisions on live traffic; ``client`` the gateway's side of it
-(routes, signatures, outcomes in batches). ``deployed`` builds the actor's registry on the
-cluster, in the actor's own process only. The gateway, ``jobs.release`` and
+(routes, signatures, outcomes in batches). ``aliases`` says which registry aliases a
+cluster's controller reads and moves: ``champion-<region>`` while a region-by-region rollout
+(``aimass rollout``) has pinned its region, ``champion`` otherwise. ``deployed`` builds the
+actor's registry on the cluster, in the actor's own process only. The gateway, ``jobs.release`` and
 ``aimass release`` import from here.
 """
 

@@ -89,4 +89,13 @@ class ReleaseConfig(BaseModel):
             raise ValueError(f"steps={s}: give rising percentages in (0, 100], e.g. 5,25,50,100.")
         if self.mode == "canary" and s[-1] != 100:
             raise ValueError(f"steps={s}: a canary ends at 100 (the promotion).")
+        n = self.thresholds.min_samples
+        if self.mode != "ab" and self.min_requests < n:
+            # Seen in a rollout's test: a step of 10 answers ended before any gate, which
+            # needs 20 samples, could judge it, and an untrained candidate was promoted.
+            raise ValueError(
+                f"min_requests={self.min_requests} is below thresholds.min_samples={n}: a "
+                "step would end before its gates can judge it. Raise --min-requests or lower "
+                "--min-samples."
+            )
         return self

@@ -15,6 +15,11 @@
   (``champion`` moves). Every move is logged, kept in the release's history, persisted (a
   restarted controller carries on) and exported as metrics.
 
+Across datacenters (one cluster each, one shared registry) a controller serves and releases
+a model on its region's aliases (``champion-<region>``, ``candidate-<region>``) while a
+region-by-region rollout has pinned them, and on ``champion``/``candidate`` otherwise: the
+rule is ``actors.release.aliases``; a single cluster never sees a regional alias.
+
 Failures of the candidate never reach clients: the gateway answers them from the champion
 and only reports them here, so rolling back a bad candidate costs no failed requests.
 
@@ -35,13 +40,14 @@ from typing import Protocol, runtime_checkable
 
 from ray.util.metrics import Counter, Gauge
 
+from actors.release.aliases import candidate_alias, champion_alias, release_region, serving
 from actors.release.config import ReleaseConfig
 from actors.release.decision import Action, Decision, decide
 from actors.release.exceptions import ReleaseError
 from actors.release.routing import Mode, Outcome, Route
 from actors.release.state import Release, ReleaseState, ReleaseStore
 from actors.release.stats import OnlineWindows
-from models.refs import CANDIDATE, CHAMPION
+from models.refs import CANDIDATE
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +93,9 @@ class ReleaseController:
     Args:
         registry: Where aliases live and versions are read.
         state_uri: Where releases are persisted (``<storage>/releases.json`` on a cluster).
+        region: The region of this controller's cluster (``AIMASS_REGION``): a model with
+            a ``champion-<region>`` alias is served and released here on its regional
+            aliases (``actors.release.aliases``); None or no such alias: ``champion``.
         tick_s: Seconds between the background loop's rounds; the first call from a
             gateway or an operator starts it (an actor has no event loop in ``__init__``).
             None: no loop, the caller calls ``tick()``.
@@ -99,13 +108,16 @@ class ReleaseController:
         state_uri: str,
         tick_s: float | None = 2.0,
         clock: Callable[[], float] = time.time,
+        region: str | None = None,
     ) -> None:
         self.registry = registry
+        self.region = region
         self.store = ReleaseStore(state_uri)
         self.tick_s = tick_s
         self._clock = clock
         self.releases: dict[str, Release] = self.store.load()
-        self.champions: dict[str, int] = {}
+        self.champions: dict[str, int] = {}  # what serves here, by the aliases' rule
+        self._aliases: dict[str, dict[str, int]] = {}  # the registry's, as last read
         self.windows = OnlineWindows()
         self._signatures: dict[tuple[str, int], dict] = {}
         self._champions_read = False
@@ -158,23 +170,31 @@ class ReleaseController:
         cfg = ReleaseConfig.model_validate(config)
         async with self._moving:
             self._refuse_if_running(cfg.model)
-            champion = await asyncio.to_thread(self.registry.aliased, cfg.model, CHAMPION)
-            candidate = cfg.candidate or await asyncio.to_thread(
-                self.registry.aliased, cfg.model, CANDIDATE
+            # Read now, not at the last tick: a rollout pins regions just before it starts.
+            aliases = (await asyncio.to_thread(self.registry.all_aliases)).get(cfg.model, {})
+            region = release_region(aliases, self.region)
+            names = champion_alias(region), candidate_alias(region)
+            champion = await asyncio.to_thread(self.registry.aliased, cfg.model, names[0])
+            candidate = (
+                cfg.candidate
+                or aliases.get(names[1])
+                or await asyncio.to_thread(self.registry.aliased, cfg.model, CANDIDATE)
             )
             await self._check_can_replace(cfg.model, champion, candidate)
             if cfg.candidate is not None:
                 await asyncio.to_thread(
-                    self.registry.set_alias, cfg.model, CANDIDATE, candidate, "release started"
+                    self.registry.set_alias, cfg.model, names[1], candidate, "release started"
                 )
             self.champions[cfg.model] = champion
+            self._aliases[cfg.model] = aliases | {names[1]: candidate}
             now = self._clock()
             release = Release(
-                uuid.uuid4().hex[:12], cfg.model, champion, candidate, cfg, started=now
-            )
+                uuid.uuid4().hex[:12], cfg.model, champion, candidate, cfg, started=now,
+                region=region,
+            )  # fmt: skip
             self.releases[cfg.model] = release
             self._event(
-                release, "start", f"{cfg.mode} of v{candidate} against champion v{champion}"
+                release, "start", f"{cfg.mode} of v{candidate} against {names[0]} v{champion}"
             )
             self._new_window(release)  # judged on answers from now on only
         return self._status(release)
@@ -228,8 +248,12 @@ class ReleaseController:
             await asyncio.sleep(self.tick_s)
 
     async def _refresh_champions(self) -> None:
-        aliases = await asyncio.to_thread(self.registry.all_aliases)
-        self.champions = {name: a[CHAMPION] for name, a in aliases.items() if CHAMPION in a}
+        self._aliases = await asyncio.to_thread(self.registry.all_aliases)
+        self.champions = {
+            name: version
+            for name, a in self._aliases.items()
+            if (version := serving(a, self.region)) is not None
+        }
         self._champions_read = True
 
     def _running(self) -> list[Release]:
@@ -259,7 +283,9 @@ class ReleaseController:
     def _decide(self, r: Release) -> Decision:
         champion = self.windows.of(r.model, r.champion)
         candidate = self.windows.of(r.model, r.candidate)
-        return decide(r, self.champions.get(r.model), champion, candidate, self._clock())
+        # The alias this release moves (champion, or champion-<region>), as last read.
+        champion_now = self._aliases.get(r.model, {}).get(champion_alias(r.region))
+        return decide(r, champion_now, champion, candidate, self._clock())
 
     async def _apply(self, r: Release, d: Decision) -> None:
         """Carry ``d`` out: the step first (a PROMOTE may take the last one), then the end."""
@@ -275,13 +301,16 @@ class ReleaseController:
     async def _promote(self, r: Release, reason: str) -> None:
         # The registry first: if the write fails, the release still runs and the next tick
         # tries again; once it is done, the release is over whatever follows.
+        alias = champion_alias(r.region)
         await asyncio.to_thread(
-            self.registry.set_alias, r.model, CHAMPION, r.candidate, f"release {r.id}: {reason}"
+            self.registry.set_alias, r.model, alias, r.candidate, f"release {r.id}: {reason}"
         )
         self.champions[r.model] = r.candidate
+        self._aliases.setdefault(r.model, {})[alias] = r.candidate
         r.state = ReleaseState.PROMOTED
-        self._event(r, Action.PROMOTE.value, f"v{r.candidate} is the champion: {reason}")
-        await asyncio.to_thread(self.registry.remove_alias, r.model, CANDIDATE)
+        what = "the champion" if r.region is None else f"{alias}"
+        self._event(r, Action.PROMOTE.value, f"v{r.candidate} is {what}: {reason}")
+        await asyncio.to_thread(self.registry.remove_alias, r.model, candidate_alias(r.region))
 
     async def _end(self, r: Release, d: Decision) -> None:
         """PASS, ROLL_BACK or ABORT. The state first: traffic returns to the champion at the
@@ -290,7 +319,7 @@ class ReleaseController:
         self._event(r, d.action.value, d.reason)
         if d.action is Action.PASS:
             return  # a shadow that passed stays `candidate`, ready for a canary
-        await asyncio.to_thread(self.registry.remove_alias, r.model, CANDIDATE)
+        await asyncio.to_thread(self.registry.remove_alias, r.model, candidate_alias(r.region))
         await asyncio.to_thread(
             self.registry.tag_version,
             r.model,

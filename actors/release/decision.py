@@ -67,9 +67,11 @@ def decide(
 
     Args:
         release: The release (its config, step, and when it and its step started).
-        champion_now: The version the registry's ``champion`` alias points at now (None: no
-            such alias). If it is not the release's champion, someone moved it outside the
-            release, and the release cannot go on against a baseline that no longer serves.
+        champion_now: The version the release's champion alias (``champion``, or
+            ``champion-<region>`` for a release in one region of a rollout) points at now
+            (None: no such alias). If it is not the release's champion, someone moved it
+            outside the release, and the release cannot go on against a baseline that no
+            longer serves.
         champion: The champion's answers during the current step.
         candidate: The candidate's answers during the current step.
         now: Unix time, as ``release.started`` and ``release.step_started``.

@@ -40,4 +40,5 @@ def parts() -> dict:
     return {
         "registry": ClusterRegistry.from_settings(settings),
         "state_uri": storage.join(settings.storage_root, "releases.json"),
+        "region": settings.region,  # regional aliases, when a rollout pins this region
     }

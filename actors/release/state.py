@@ -34,6 +34,8 @@ class Release:
     ``started`` and ``step_started`` are Unix times: the limits (``max_release_s``,
     ``min_step_s``) must hold across a restart of the controller, which a monotonic clock
     would not survive. ``history`` holds one entry per move (see ``ReleaseController``).
+    ``region``: the region whose aliases it reads and moves (``champion-<region>``, see
+    ``actors.release.aliases``); None: the model's own ``champion`` and ``candidate``.
     """
 
     id: str
@@ -46,6 +48,7 @@ class Release:
     started: float = field(default_factory=time.time)
     step_started: float = field(default_factory=time.time)
     history: list[dict] = field(default_factory=list)
+    region: str | None = None
 
     @property
     def share(self) -> float:
@@ -60,6 +63,8 @@ class Release:
     def to_json(self) -> dict:
         """Plain JSON data: the layout of ``releases.json`` and of the controller's status."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.region is None:
+            del data["region"]  # a release on the model's own aliases: the layout it always had
         return data | {"config": self.config.model_dump(), "state": self.state.value}
 
     @classmethod

@@ -14,7 +14,7 @@ from cluster.provenance import GIT_SHA_ENV, git_sha
 from cluster.settings import Settings
 
 # The jobs' own progress lines, e.g. "[train] epoch 3/30 ...", without Ray's prefixes.
-_PROGRESS = re.compile(r"\[(ingest|train|tune|compress|evaluate)\] .*")
+_PROGRESS = re.compile(r"\[(ingest|train|tune|compress|evaluate|release)\] .*")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -24,13 +24,15 @@ def run_job(
     working_dir: Path,
     echo: Callable[[str], None] = print,
     timeout_s: float = 1800,
+    client: JobSubmissionClient | None = None,
 ) -> str:
     """Submit ``entrypoint`` with ``working_dir`` uploaded; echo its progress lines.
 
     Returns the submission id once the job succeeded; raises ClusterError with the end of
-    its logs when it failed or ran past ``timeout_s``.
+    its logs when it failed or ran past ``timeout_s``. ``client``: another cluster's Jobs
+    API (its address and token) instead of the one ``settings`` name.
     """
-    client = JobSubmissionClient(settings.dashboard_url)
+    client = client or JobSubmissionClient(settings.dashboard_url)
     runtime_env = {
         "working_dir": str(working_dir),
         "env_vars": {GIT_SHA_ENV: git_sha(working_dir)},

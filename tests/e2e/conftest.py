@@ -81,6 +81,17 @@ def ray_job_submit(
 
 
 @pytest.fixture(scope="session")
+def fleet(tmp_path_factory):
+    """us-east and eu-west, each its own Ray cluster, on one shared tracking server, the
+    model API serving digits in each (tests/e2e/multicluster.py). test_edge.py and
+    test_rollout.py share it: starting them is most of either module's time."""
+    import multicluster  # torch and the clusters' helpers: only the modules that use it
+
+    with multicluster.fleet(tmp_path_factory.mktemp("fleet")) as f:
+        yield f
+
+
+@pytest.fixture(scope="session")
 def user_shell():
     """``user_shell(script, home, repo, env=None)``: ``run_in_user_shell``, for tests that run
     the README's own shell blocks."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from actors.release.controller import ABORT_COMMAND, STATUS_COMMAND
-from cluster.cli import aimass
+from cluster.cli import aimass, release
 
 
 @pytest.mark.parametrize("command", [ABORT_COMMAND, STATUS_COMMAND])
@@ -14,7 +14,7 @@ def test_the_commands_the_controller_names_exist(command):
     argv = command.format(model="digits").split()
     assert argv[0] == "aimass"  # the console script of cluster.cli.aimass (pyproject.toml)
     args = aimass.parser().parse_args(argv[1:])
-    assert args.run is aimass.cmd_release and args.model == "digits"
+    assert args.run is release.cmd_release and args.model == "digits"
 
 
 def test_aimass_release_needs_a_running_cluster(settings_env, capsys):

@@ -239,6 +239,7 @@ def test_release_share_follows_state_and_mode():
         {"weight": 0},
         {"mode": "blue-green"},
         {"thresholds": {"max_error_rate": 2}},
+        {"min_requests": 10, "thresholds": {"min_samples": 20}},  # a step before its gates
     ],
 )
 def test_bad_release_configs_are_refused(fields):
