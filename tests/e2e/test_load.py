@@ -9,6 +9,9 @@ calibrated on the project's 2-core machine and are frozen.
   replica lost; afterwards L1's p99 is back within 60 s;
 - L3: the Predictor scales 1 -> 2 under load and 2 -> 1 after it, within the configured
   delays, while not one request fails.
+
+Fixtures deploy the config each test needs and wait until it has settled, whatever ran
+before; the default config is back after the module.
 """
 
 from __future__ import annotations
@@ -41,10 +44,22 @@ def _statuses(answers) -> dict:
     return counts
 
 
+def _settle(serve_ops, **predictor) -> None:
+    """Deploy (see ServeOps.deploy), then wait until one Predictor replica and two Gateway
+    replicas run: an earlier test's upscaled replicas gone, none starting."""
+    serve_ops.deploy(**predictor)
+    wait_for_condition(
+        lambda: serve_ops.settled("Predictor", 1) and serve_ops.settled("Gateway", 2),
+        timeout=180,
+        retry_interval_ms=500,
+    )
+
+
 @pytest.fixture(scope="module")
 def capacity(serve_ops, traffic) -> float:
-    """Requests/s the whole path answers now, closed loop (8 clients back to back)."""
-    wait_for_condition(lambda: serve_ops.stable("Gateway", 2), timeout=180)
+    """Requests/s the whole path answers with the default config settled, closed loop (8
+    clients back to back)."""
+    _settle(serve_ops)
     with traffic(in_flight=8) as load:
         load.wait_for(40)  # warm: sessions loaded, connections open
         t0 = time.monotonic()
@@ -55,14 +70,23 @@ def capacity(serve_ops, traffic) -> float:
     return measured
 
 
-def test_l1_steady_load_at_70_percent_of_capacity(capacity, arrivals):
+@pytest.fixture
+def default_config(serve_ops):
+    """The state capacity was measured in (the default config settled), again: replicas
+    that measuring or an earlier test scaled up are gone."""
+    _settle(serve_ops)
+    return serve_ops
+
+
+def test_l1_steady_load_at_70_percent_of_capacity(capacity, default_config, arrivals):
     answers = arrivals(0.7 * capacity, 20)
     print(f"L1 at {0.7 * capacity:.1f} req/s: {_statuses(answers)}, p99 {_ms(answers):.0f} ms")
     assert _statuses(answers) == {200: len(answers)}
     assert _ms(answers) <= L1_P99_BUDGET_MS
 
 
-def test_l2_overload_is_refused_fast_and_recovers(capacity, arrivals, serve_ops):
+def test_l2_overload_is_refused_fast_and_recovers(capacity, default_config, arrivals):
+    serve_ops = default_config
     before = {d: serve_ops.replicas(d) for d in ("Gateway", "Predictor")}
     answers = arrivals(2 * capacity, 15)
     refused = [a for a in answers if a.status in (429, 503)]
@@ -86,42 +110,49 @@ def test_l2_overload_is_refused_fast_and_recovers(capacity, arrivals, serve_ops)
         assert time.monotonic() < deadline, f"not recovered: {_statuses(window)}"
 
 
-def test_l3_autoscaling_up_and_down_fails_no_request(serve_ops, traffic):
-    upscale_s, downscale_s = 2, 10
-    serve_ops.deploy(
-        autoscaling_config={
-            "min_replicas": 1,
-            "max_replicas": 2,
-            "target_ongoing_requests": 1,
-            "upscale_delay_s": upscale_s,
-            "downscale_delay_s": downscale_s,
-        }
-    )
+UPSCALE_S, DOWNSCALE_S = 2, 10
+
+
+@pytest.fixture
+def fast_autoscaling(serve_ops):
+    """The Predictor autoscaling 1..2 at one ongoing request per replica, with short
+    delays, settled at one replica; the default config is back after the test."""
+    autoscaling = {
+        "min_replicas": 1,
+        "max_replicas": 2,
+        "target_ongoing_requests": 1,
+        "upscale_delay_s": UPSCALE_S,
+        "downscale_delay_s": DOWNSCALE_S,
+    }
     try:
-        wait_for_condition(
-            lambda: serve_ops.stable("Predictor", 1) and len(serve_ops.replicas("Predictor")) == 1,
-            timeout=180,
-            retry_interval_ms=500,
-        )
-        with traffic(in_flight=16) as busy:
-            busy.wait_for(20)
-            t0 = time.monotonic()
-            wait_for_condition(lambda: serve_ops.running("Predictor") == 2, timeout=upscale_s + 90)
-            up_s = time.monotonic() - t0
-            busy.wait_for(50)  # both replicas serve
-        with traffic(in_flight=1) as quiet:  # the drain down happens under traffic
-            t0 = time.monotonic()
-            wait_for_condition(
-                lambda: len(serve_ops.replicas("Predictor")) == 1,
-                timeout=downscale_s + 90,
-                retry_interval_ms=500,
-            )
-            down_s = time.monotonic() - t0
-            quiet.wait_for(20)
-        print(f"L3: up in {up_s:.1f} s, down in {down_s:.1f} s")
-        assert busy.failures() == [] and quiet.failures() == [], (
-            busy.failures()[:5] + quiet.failures()[:5]
-        )
-        assert down_s >= downscale_s * 0.8  # it waited for the configured delay
+        _settle(serve_ops, autoscaling_config=autoscaling)
+        yield serve_ops
     finally:
         serve_ops.deploy()
+        wait_for_condition(
+            lambda: serve_ops.stable("Predictor", 1), timeout=180, retry_interval_ms=500
+        )
+
+
+def test_l3_autoscaling_up_and_down_fails_no_request(fast_autoscaling, traffic):
+    ops = fast_autoscaling
+    with traffic(in_flight=16) as busy:
+        busy.wait_for(20)
+        t0 = time.monotonic()
+        wait_for_condition(lambda: ops.running("Predictor") == 2, timeout=UPSCALE_S + 90)
+        up_s = time.monotonic() - t0
+        busy.wait_for(50)  # both replicas serve
+    with traffic(in_flight=1) as quiet:  # the drain down happens under traffic
+        t0 = time.monotonic()
+        wait_for_condition(
+            lambda: len(ops.replicas("Predictor")) == 1,
+            timeout=DOWNSCALE_S + 90,
+            retry_interval_ms=500,
+        )
+        down_s = time.monotonic() - t0
+        quiet.wait_for(20)
+    print(f"L3: up in {up_s:.1f} s, down in {down_s:.1f} s")
+    assert busy.failures() == [] and quiet.failures() == [], (
+        busy.failures()[:5] + quiet.failures()[:5]
+    )
+    assert down_s >= DOWNSCALE_S * 0.8  # it waited for the configured delay
