@@ -8,7 +8,16 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 
 .PHONY: demo test down status lint install
 
+# Ray's CLIs (`ray job submit`, `serve deploy`) send the cluster token only when their
+# environment has RAY_AUTH_MODE=token (Ray 2.60 takes the mode from there alone; a token
+# file does not turn it on), so the venv's activation sets it: bash/zsh, fish and csh.
 install: $(STAMP)
+	@grep -qx 'export RAY_AUTH_MODE=token' $(BIN)/activate || \
+	  printf '\n# aimass (make install): Ray CLIs send the cluster token in token mode only\nexport RAY_AUTH_MODE=token\n' >> $(BIN)/activate
+	@grep -qx 'set -gx RAY_AUTH_MODE token' $(BIN)/activate.fish || \
+	  printf '\nset -gx RAY_AUTH_MODE token\n' >> $(BIN)/activate.fish
+	@grep -qx 'setenv RAY_AUTH_MODE token' $(BIN)/activate.csh || \
+	  printf '\nsetenv RAY_AUTH_MODE token\n' >> $(BIN)/activate.csh
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,19 +25,19 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	@touch $@
 
-demo: $(STAMP)
+demo: install
 	$(BIN)/python -m cluster.cli.demo
 
 test: lint
 	$(BIN)/python -m pytest
 
-down: $(STAMP)
+down: install
 	$(BIN)/aimass down
 
-status: $(STAMP)
+status: install
 	$(BIN)/aimass status
 
 # Style (ruff) and the layer contracts in pyproject.toml (import-linter).
-lint: $(STAMP)
+lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports

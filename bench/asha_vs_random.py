@@ -46,9 +46,9 @@ from ray import tune
 from bench._cluster import cluster, log
 from bench._report import emit, machine_info, write_results
 from cluster import storage
+from jobs import TUNE_EPOCHS_DONE, TrialContext, max_concurrent_trials, new_tuner, start_experiment
 from jobs.configs import TuneJobConfig
 from jobs.ingest import IngestConfig, ingest
-from jobs.tune import EPOCHS, TrialContext, max_concurrent, new_tuner, start
 from models.dataset import dataset_uri, read_manifest
 from models.registry import Registry
 
@@ -64,7 +64,11 @@ class ResultLog(tune.Callback):
         self.path, self.metric = path, metric
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        line = {"trial": trial.trial_id, "epoch": result[EPOCHS], "score": result[self.metric]}
+        line = {
+            "trial": trial.trial_id,
+            "epoch": result[TUNE_EPOCHS_DONE],
+            "score": result[self.metric],
+        }
         with self.path.open("a") as f:
             f.write(json.dumps(line) + "\n")
 
@@ -73,8 +77,8 @@ def run_side(job: TuneJobConfig, settings, registry: Registry, folder: Path) -> 
     """Run one experiment; its results in arrival order, wall time and trial count."""
     base = job.base()
     manifest = read_manifest(dataset_uri(settings.storage_root, base.dataset))
-    ctx = TrialContext(job, settings, manifest, start(job, registry, settings), "bench")
-    concurrency = max_concurrent(job, base)
+    ctx = TrialContext(job, settings, manifest, start_experiment(job, registry, settings), "bench")
+    concurrency = max_concurrent_trials(job, base)
     path = folder / f"{job.name}.jsonl"
     path.touch()
     log(f"{job.name}: {job.samples} trials, {concurrency} at a time")

@@ -2,20 +2,25 @@
 
 ``up`` runs ``ray start --head`` bound to 127.0.0.1 with ``RAY_AUTH_MODE=token``, the
 default datacenter's labels and the ``AIMASS_*`` settings in its environment (so every job
-and replica inherits them). ``down`` ends only the processes of *this* cluster, found by
-its private temp dir and GCS address, never other Ray clusters on the host (``ray stop``
-would end them all). Both are idempotent.
+and replica inherits them), in a session of its own that it records under the cluster's
+temp dir. ``down`` ends only the processes of *this* cluster, never other Ray clusters on
+the host (``ray stop`` would end them all): those of that session, those carrying its mark
+or naming its temp dir or GCS address, and their descendants; TERM first, KILL after a grace
+period. Both are idempotent.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,11 +163,23 @@ def up(settings: Settings) -> ClusterInfo:
         **settings.ray_client_env(),
         CLUSTER_MARK_ENV: str(settings.ray_temp_dir),
     }
-    proc = subprocess.run(head_command(settings), env=env, capture_output=True, text=True)
+    # A session of its own: every process Ray starts keeps its session id, even the agents
+    # whose renaming (setproctitle) wipes the mark from the environment block /proc shows,
+    # and the workers, which Ray gives process groups of their own.
+    proc = subprocess.Popen(
+        head_command(settings),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    _record_session(settings, proc.pid)  # before it returns: a failed start is cleaned up too
+    _, stderr = proc.communicate()
     if proc.returncode != 0:
         raise ClusterError(
             "`ray start --head` failed (is the port taken by another cluster? set "
-            f"AIMASS_GCS_PORT / AIMASS_DASHBOARD_PORT):\n{proc.stderr[-2000:]}",
+            f"AIMASS_GCS_PORT / AIMASS_DASHBOARD_PORT):\n{stderr[-2000:]}",
             settings.gcs_address,
         )
     deadline = time.monotonic() + _READY_TIMEOUT_S
@@ -179,47 +196,117 @@ def up(settings: Settings) -> ClusterInfo:
     )
 
 
+def _session_file(settings: Settings) -> Path:
+    return settings.ray_temp_dir / "aimass-session.json"
+
+
+def _record_session(settings: Settings, sid: int) -> None:
+    """Note the session `ray start` leads (its pid) and this boot, atomically."""
+    path = _session_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Ray makes its temp dir writable by all: mkstemp creates a fresh 0600 file, never
+    # following a link planted there.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".aimass-session-")
+    with os.fdopen(fd, "w") as f:
+        json.dump({"sid": sid, "boot_time": psutil.boot_time()}, f)
+    os.replace(tmp, path)
+
+
+def _recorded_session(settings: Settings) -> int | None:
+    """The session id `up` recorded, if it can be trusted: written by this user (the temp dir
+    is writable by all), writable by no one else, and at this boot (pids restart at each)."""
+    path = _session_file(settings)
+    try:
+        st = path.lstat()
+        record = json.loads(path.read_text())
+        sid, boot_time = int(record["sid"]), float(record["boot_time"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        return None
+    return sid if abs(boot_time - psutil.boot_time()) < 1 else None
+
+
 def cluster_processes(settings: Settings) -> list[psutil.Process]:
-    """Processes of this cluster: they carry its mark, or their command line names its
-    temp dir or GCS address (a cluster started before the mark existed)."""
-    temp_dir = str(settings.ray_temp_dir)
-    gcs = re.compile(rf"{re.escape(settings.gcs_address)}(?!\d)")
-    mine = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        if proc.pid == os.getpid():
-            continue
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if temp_dir in cmdline or gcs.search(cmdline) or _marked(proc, temp_dir):
-            mine.append(proc)
-    return mine
+    """Processes of this cluster, zombies left out: those carrying its mark or whose command
+    line names its temp dir or GCS address, those of the session `up` started (while one of
+    them still carries the mark: a record left by a cluster that died names a session id
+    the system may have given to anything since), and the descendants of all of these (the
+    agents of a raylet whose renaming hid the mark). A process carrying another cluster's
+    mark, or descended from one without a mark of its own, is never one."""
+    mark = str(settings.ray_temp_dir)
+    named = re.compile(
+        rf"(?:{re.escape(mark)}|{re.escape(settings.gcs_address)})(?!\d)"  # not …-63790
+    )
+    procs, marks, children = {}, {}, {}
+    for proc in psutil.process_iter(["pid", "ppid", "cmdline", "status"]):
+        if proc.pid != os.getpid() and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            procs[proc.pid], marks[proc.pid] = proc, _mark(proc)
+            children.setdefault(proc.info["ppid"], []).append(proc.pid)
+    marked = {pid for pid, m in marks.items() if m == mark}
+    foreign = {pid for pid, m in marks.items() if m not in (None, mark)}
+    others = _descendants(foreign, children, stop=marked)
+    mine = marked | {
+        pid for pid, proc in procs.items() if named.search(" ".join(proc.info["cmdline"] or []))
+    }
+    sid = _recorded_session(settings)
+    session = {pid for pid in procs if sid is not None and _session_id(pid) == sid}
+    if session & marked:
+        mine |= session
+    return [procs[pid] for pid in sorted(_descendants(mine - others, children, stop=others))]
 
 
-def _marked(proc: psutil.Process, mark: str) -> bool:
-    needle = f"{CLUSTER_MARK_ENV}={mark}".encode()
+def _descendants(roots: set[int], children: dict[int, list[int]], stop=frozenset()) -> set[int]:
+    """``roots`` and every descendant of theirs, not going through ``stop``."""
+    found, todo = set(roots), list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found and child not in stop:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _session_id(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
+def _mark(proc: psutil.Process) -> str | None:
+    """The value of the cluster mark in ``proc``'s environment, None when it has none."""
+    prefix = f"{CLUSTER_MARK_ENV}=".encode()
     try:
         # Read the raw block: Ray names its workers with setproctitle, which pads the
         # environment area with NULs, and psutil stops parsing at the first empty entry.
         raw = Path(f"/proc/{proc.pid}/environ").read_bytes()
-        return any(entry == needle for entry in raw.split(b"\0"))
     except FileNotFoundError:  # no /proc (macOS): psutil's view is the best there is
         try:
-            return proc.environ().get(CLUSTER_MARK_ENV) == mark
+            return proc.environ().get(CLUSTER_MARK_ENV)
         except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
-            return False
+            return None
     except (PermissionError, ProcessLookupError):
-        return False
+        return None
+    for entry in raw.split(b"\0"):
+        if entry.startswith(prefix):
+            return entry[len(prefix) :].decode(errors="replace")
+    return None
 
 
 def down(settings: Settings, timeout_s: float = 20.0, sweeps: int = 5) -> int:
     """Stop this cluster's processes; return how many were stopped.
 
-    Each sweep sends TERM, then KILL after ``timeout_s``. Sweeps repeat until none is left:
-    a raylet that outlives its agents for a moment restarts them under new pids.
+    Each sweep sends TERM, then KILL to those still running after ``timeout_s`` (an agent
+    whose raylet died can sit in a blocking call to the dead GCS, its TERM handler never
+    run). Sweeps repeat until none is left: a raylet that outlives its agents for a moment
+    restarts them under new pids.
     """
     stopped = 0
     for _ in range(sweeps):
         procs = cluster_processes(settings)
         if not procs:
+            _session_file(settings).unlink(missing_ok=True)
             break
         for proc in procs:
             with contextlib.suppress(psutil.NoSuchProcess):

@@ -4,9 +4,9 @@
 Entrypoints: ``ingest``, ``train``, ``tune``, ``compress``, ``evaluate``, ``release``. Typed
 configurations and their presets live in ``jobs.configs``.
 
-The names below are the engine's public surface (for benchmarks and other packages above
-this one); they load on first use, so that importing a job's config does not import
-DeepSpeed and Ray Train.
+The names below are the public surface of the training engine and of the tuning job's
+parts (for benchmarks and other packages above this one); they load on first use, so that
+importing a job's config does not import DeepSpeed and Ray Train.
 """
 
 from __future__ import annotations
@@ -24,6 +24,14 @@ _EXPORTS = {
     "save_checkpoint_shard": ("jobs._private.checkpoints", "save_shard"),
     "load_checkpoint_shards": ("jobs._private.checkpoints", "load_shards"),
     "verify_checkpoint": ("jobs._private.checkpoints", "verify"),
+    # tuning: what a benchmark (bench.asha_vs_random) needs to run jobs.tune's experiments
+    "TUNE_EPOCHS_DONE": ("jobs._private.tune.context", "EPOCHS"),
+    "TUNE_EXPERIMENT_TAG": ("jobs._private.tune.tracking", "EXPERIMENT_TAG"),
+    "TUNE_TRIAL_TAG": ("jobs._private.tune.tracking", "TRIAL_TAG"),
+    "TrialContext": ("jobs._private.tune.context", "TrialContext"),
+    "max_concurrent_trials": ("jobs._private.tune.tuner", "max_concurrent"),
+    "new_tuner": ("jobs._private.tune.tuner", "new_tuner"),
+    "start_experiment": ("jobs._private.tune.tracking", "start_experiment"),
 }
 
 __all__ = sorted(_EXPORTS)

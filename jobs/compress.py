@@ -25,7 +25,6 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from torch import nn
 
-from cluster import storage
 from cluster.provenance import git_sha
 from cluster.settings import Settings, get_settings
 from jobs._private.cli import parse_config
@@ -124,8 +123,7 @@ def distill(
         distill_alpha=cfg.alpha,
         min_accuracy=0.0,
     )
-    artifact_root = storage.join(settings.storage_root, "mlflow")
-    model = fit(train_cfg, manifest, settings, run_id, teacher=teacher, artifact_root=artifact_root)
+    model = fit(train_cfg, manifest, settings, run_id, teacher=teacher)
     return model, cfg.student, options
 
 

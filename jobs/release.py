@@ -7,12 +7,14 @@ Submit it to the cluster (run from the repository root; the model API must be de
     ray job submit ... -- python -m jobs.release --model digits --status
     ray job submit ... -- python -m jobs.release --model digits --abort
 
-The release controller actor does the work (actors/release/controller.py): it steps the
+The release controller actor does the work (actors/release/): it steps the
 canary (``--steps 5,25,50,100``) while the candidate's online metrics stay within the
 thresholds, and rolls it back by itself otherwise; the registry aliases follow. This job
 starts a release and follows it, printing each move, until it ends (``--no-wait`` returns at
 once). Exit status: 0 when the candidate was promoted (canary) or passed (shadow), or the
-A/B split runs; 1 when it was rolled back or aborted; 2 for a release that cannot start.
+A/B split runs; 1 when it was rolled back or aborted; 2 for a release that cannot start (or
+none to abort). From a shell with the cluster's token, ``aimass release status [MODEL]``
+and ``aimass release abort MODEL`` do the same as --status and --abort without a job.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ import time
 import ray
 from pydantic import ValidationError
 
-from actors.release.config import ReleaseConfig, Thresholds
-from actors.release.controller import PASSED, PROMOTED, RUNNING, controller_actor
+from actors.release import ReleaseConfig, ReleaseState, Thresholds, controller_actor
+
+# A release followed to one of these succeeded (an A/B split is followed until it runs).
+_SUCCEEDED = {ReleaseState.PROMOTED, ReleaseState.PASSED, ReleaseState.RUNNING}
 
 
 def parse(argv: list[str] | None) -> tuple[argparse.Namespace, ReleaseConfig | None]:
@@ -80,7 +84,7 @@ def follow(controller, model: str, poll_s: float = 2.0) -> dict:
         for event in status["history"][shown:]:
             print(_line(event), flush=True)
         shown = len(status["history"])
-        if status["state"] != RUNNING or status["config"]["mode"] == "ab":
+        if status["state"] != ReleaseState.RUNNING or status["config"]["mode"] == "ab":
             return status
         time.sleep(poll_s)
 
@@ -100,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         status = ray.get(controller.start.remote(cfg.model_dump()))
     except ray.exceptions.RayTaskError as err:
         cause = err.cause if isinstance(err.cause, Exception) else err
-        print(f"[release] cannot start: {cause}", file=sys.stderr)
+        print(f"[release] cannot {'abort' if args.abort else 'start'}: {cause}", file=sys.stderr)
         sys.exit(2)
     print(
         f"[release] {cfg.model}: {cfg.mode} of v{status['candidate']} against champion "
@@ -111,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     status = follow(controller, cfg.model)
     print(f"[release] {cfg.model}: {status['state']}", flush=True)
-    sys.exit(0 if status["state"] in (PROMOTED, PASSED, RUNNING) else 1)
+    sys.exit(0 if ReleaseState(status["state"]) in _SUCCEEDED else 1)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ Presets (``--config``): the digits classifiers (``digits_cnn``, ``_zero1``, ``_z
 sources (``gpt_tiny``, ``gpt_tiny_zero1``, ``gpt_tiny_zero3``, ``gpt_tiny_offload`` on CPU;
 ``gpt_125m``, ``gpt_1b3``, ``gpt_6b7`` for GPU clusters).
 
-``--set key=value`` overrides a field of the preset (``--set epochs=5 --set zero_stage=1``).
+``--set key=value`` overrides a field of the preset (``--set epochs=5 --set zero_stage=1``);
+``--set datacenter=eu-west`` keeps the workers and the data reads in that datacenter.
 To record the commit in the model's lineage, add
 ``--runtime-env-json '{"env_vars": {"AIMASS_GIT_SHA": "'$(git rev-parse HEAD)'"}}'``.
 ``--name`` names the run; submitting again with the same name resumes it from its last
@@ -18,15 +19,16 @@ checkpoint instead of starting over.
 
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import replace
 
 from cluster.provenance import git_sha
 from cluster.settings import get_settings
+from jobs._private.cli import JobParser, add_preset_flags, preset_config
 from jobs._private.publish import gate_champion, publish
 from jobs._private.runs import mlflow_run
 from jobs._private.trainer import fit
-from jobs.configs import PRESETS, TrainConfig, preset
+from jobs.configs import TrainConfig
 from models.dataset import dataset_uri, read_manifest
 from models.refs import GIT_TAG
 from models.registry import Registry
@@ -35,16 +37,12 @@ from models.zoo import architecture
 
 
 def parse(argv: list[str] | None) -> TrainConfig:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="digits_cnn", choices=sorted(PRESETS))
+    parser = JobParser(description=__doc__.split("\n")[0])
+    add_preset_flags(parser, default="digits_cnn")
     parser.add_argument("--name", help="run name (default: <config>-<timestamp>)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    try:
-        name = args.name or f"{args.config}-{time.strftime('%Y%m%d-%H%M%S')}"
-        return preset(args.config).with_overrides([*args.set, f"name={name}"])
-    except ValueError as err:
-        parser.error(str(err))
+    cfg = preset_config(parser, args.config, args.set)
+    return replace(cfg, name=args.name or f"{args.config}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def check_data(cfg: TrainConfig, manifest) -> None:

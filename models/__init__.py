@@ -6,7 +6,8 @@ task), ``exceptions``, ``package`` (a version's files and their SHA-256 manifest
 
 Heavy ones: ``zoo`` (architectures: ``digits``, ``digits_transformer``, ``gpt``), ``weights``
 (safetensors), ``onnx_export``, ``compression``, ``evaluation`` (metrics), ``dataset`` (Parquet
-shards and their manifest), ``registry`` (MLflow, with ``alias_events`` recording alias moves).
+shards and their manifest), ``registry`` (MLflow, with ``alias_events`` recording alias moves
+and ``lineage`` comparing two versions).
 """
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "evaluation",
     "exceptions",
     "gpt",
+    "lineage",
     "onnx_export",
     "package",
     "refs",

@@ -1,4 +1,8 @@
-"""Classification metrics, computed with scikit-learn from labels and class probabilities."""
+"""Model metrics: a classifier's, with scikit-learn from labels and class probabilities; a
+language model's next-token loss, from logits.
+
+numpy only, no torch: the Predictor replica imports this module (``softmax``) and serves
+with ONNX Runtime alone."""
 
 from __future__ import annotations
 
@@ -88,8 +92,13 @@ def confusion_png(matrix: list[list[int]], path, title: str) -> None:
     plt.close(fig)
 
 
-def language_model_metrics(logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-    """Next-token cross-entropy (nats per token) and perplexity.
+def next_token_nats(logits: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
+    """Summed next-token cross-entropy of a batch, in nats, and how many tokens it covers.
+
+    The one definition of a language model's loss as a metric: the training loop's
+    validation and the published test loss both add up these sums (over batches and ranks)
+    and turn them into metrics with ``language_model_metrics``, so the two figures differ
+    only by the rows they see. Log-sum-exp in float64, whatever the logits' dtype.
 
     Args:
         logits: (N, T, vocab) scores for each position.
@@ -99,9 +108,14 @@ def language_model_metrics(logits: np.ndarray, targets: np.ndarray) -> dict[str,
     shifted = flat - flat.max(axis=1, keepdims=True)
     log_norm = np.log(np.exp(shifted).sum(axis=1))
     picked = shifted[np.arange(len(shifted)), targets.reshape(-1)]
-    loss = float(np.mean(log_norm - picked))
+    return float(np.sum(log_norm - picked)), int(targets.size)
+
+
+def language_model_metrics(nats: float, tokens: float) -> dict[str, float]:
+    """Loss (mean nats per token) and perplexity from ``next_token_nats`` sums."""
+    loss = nats / max(tokens, 1)
     return {
         "loss": loss,
         "perplexity": float(np.exp(min(loss, 50.0))),
-        "tokens": float(targets.size),
+        "tokens": float(tokens),
     }

@@ -29,7 +29,6 @@ Registry writes go through ``_retry``, a short bounded backoff on top.
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import random
 import shutil
@@ -48,11 +47,9 @@ from mlflow.utils import get_results_from_paginated_fn
 
 from models import package
 from models.alias_events import EVENT_PREFIX, AliasEvent
-from models.exceptions import ArtifactIntegrityError, ModelError, ModelNotFound
+from models.exceptions import ModelError, ModelNotFound
 from models.refs import (
     CHAMPION,
-    DATA_TAG,
-    GIT_TAG,
     MANIFEST_TAG,
     PARENT_TAG,
     ModelRef,
@@ -279,60 +276,6 @@ class Registry:
             key=lambda v: v.version,
         )
 
-    def diff(self, a: ModelRef | str, b: ModelRef | str) -> dict[str, dict[str, tuple]]:
-        """Two versions side by side: ``{section: {key: (value_a, value_b)}}``.
-
-        Sections: ``lineage`` (version, parent, run, data and code), ``metrics`` (the
-        package's config.json, measured on what serves) and ``run_metrics`` (the MLflow
-        run's latest values, e.g. training curves). A value one side lacks is None.
-        """
-        left, right = self.resolve(a), self.resolve(b)
-        lineage = {
-            "version": (f"{left.name}@{left.version}", f"{right.name}@{right.version}"),
-            "aliases": (", ".join(left.aliases), ", ".join(right.aliases)),
-            "parent": (left.parent, right.parent),
-            "run_id": (left.run_id, right.run_id),
-            "data_manifest_sha256": (left.tags.get(DATA_TAG), right.tags.get(DATA_TAG)),
-            "git_sha": (left.tags.get(GIT_TAG), right.tags.get(GIT_TAG)),
-            "manifest_sha256": (left.manifest_sha256, right.manifest_sha256),
-        }
-        return {
-            "lineage": lineage,
-            "metrics": _side_by_side(self.package_metrics(left), self.package_metrics(right)),
-            "run_metrics": _side_by_side(self._run_metrics(left), self._run_metrics(right)),
-        }
-
-    def package_metrics(self, info: ModelVersionInfo) -> dict[str, float]:
-        """The metrics in a version's config.json, checked against its manifest.
-
-        Downloads config.json and manifest.json only, not the weights.
-        """
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            for file in (package.MANIFEST_FILE, package.CONFIG_FILE):
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"{info.source}/{file}",
-                    dst_path=tmp,
-                    tracking_uri=self.tracking_uri,
-                )
-            manifest = folder / package.MANIFEST_FILE
-            listed = (
-                json.loads(manifest.read_text())["files"].get(package.CONFIG_FILE)
-                if package.sha256_file(manifest) == info.manifest_sha256
-                else None
-            )
-            if listed is None or package.sha256_file(folder / package.CONFIG_FILE) != listed:
-                raise ArtifactIntegrityError(
-                    f"config.json of {info.name}@{info.version} does not match the manifest "
-                    "the registry recorded: refusing to read it.",
-                    model=info.name,
-                    version=str(info.version),
-                )
-            return package.PackageConfig.read(folder).metrics
-
-    def _run_metrics(self, info: ModelVersionInfo) -> dict[str, float]:
-        return dict(self.client.get_run(info.run_id).data.metrics) if info.run_id else {}
-
     def get(self, name: str, version: int) -> ModelVersionInfo:
         try:
             mv = self.client.get_model_version(name, str(version))
@@ -405,10 +348,6 @@ def _busy(err: MlflowException) -> bool:
         or "database is locked" in text
         or "Model Version creation error" in text  # MLflow's own retries ran out
     )
-
-
-def _side_by_side(a: dict, b: dict) -> dict[str, tuple]:
-    return {key: (a.get(key), b.get(key)) for key in sorted(a.keys() | b.keys())}
 
 
 def _info(mv) -> ModelVersionInfo:

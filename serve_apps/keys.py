@@ -3,7 +3,8 @@
 A key reads ``amk_<id>_<secret>``. The id finds the record; the secret is checked by
 comparing SHA-256(salt + secret) with the stored hash in constant time. Every gateway
 replica reads the same file (on the storage URI), re-reading it at most every
-``ttl_s`` seconds, so a revocation reaches all of them within that time.
+``ttl_s`` seconds, so a revocation reaches all of them within that time. On a local disk
+the file is readable by its owner only (mode 0600), rewritten so on every change.
 
 A record also carries the key's scopes (``predict`` for model routes, ``admin``) and an
 optional quota (``rate`` requests/s, ``burst``), enforced by the global rate limiter.
@@ -56,6 +57,9 @@ class KeyRecord:
     revoked: str | None = None
     rate: float | None = None  # requests per second; None: no per-key quota
     burst: int | None = None
+    datacenters: tuple[str, ...] | None = None  # residency: served only there; None: anywhere
+    home: str | None = None  # user-based allocation: served there first, wherever it enters
+    tenant: str | None = None  # its tenant, whose residency (gateway config) applies too
 
     @property
     def quota(self) -> Quota | None:
@@ -65,9 +69,27 @@ class KeyRecord:
     def from_json(cls, data: dict) -> KeyRecord:
         known = {f.name for f in fields(cls)}  # fields of a newer version are ignored
         values = {k: v for k, v in data.items() if k in known}
-        if "scopes" in values:
-            values["scopes"] = tuple(values["scopes"])
+        for name in ("scopes", "datacenters"):
+            if values.get(name) is not None:
+                values[name] = tuple(values[name])
         return cls(**values)
+
+
+def _check_placement(
+    datacenters: tuple[str, ...] | None, home: str | None, tenant: str | None
+) -> None:
+    """Names that can be Ray labels, and a home inside the residency."""
+    from cluster.topology import Datacenter
+
+    for name in (*(datacenters or ()), *([home] if home else [])):
+        Datacenter(region=name, zone=f"{name}-a")  # ValueError naming a bad one
+    if home and datacenters and home not in datacenters:
+        raise ValueError(
+            f"home {home!r} is outside the key's datacenters ({', '.join(datacenters)}): its "
+            "requests could never be served at home."
+        )
+    if tenant is not None and not tenant.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"tenant {tenant!r}: use letters, digits, '-' or '_'.")
 
 
 def _burst(rate: float) -> int:
@@ -106,7 +128,9 @@ class KeyStore:
 
     def _write(self, records: dict[str, KeyRecord]) -> None:
         body = {"keys": [asdict(r) for r in records.values()]}
-        storage.write_bytes(self.uri, json.dumps(body, indent=2).encode())
+        # 0600, like the cluster token: hashes and salts are not for other local users to
+        # grind offline, and the file names every key with its scopes and quota.
+        storage.write_bytes(self.uri, json.dumps(body, indent=2).encode(), private=True)
         self._loaded_at = float("-inf")
 
     def records(self, max_age_s: float | None = None) -> dict[str, KeyRecord]:
@@ -124,6 +148,9 @@ class KeyStore:
         scopes: tuple[str, ...] = ("predict",),
         rate: float | None = None,
         burst: int | None = None,
+        datacenters: tuple[str, ...] | None = None,
+        home: str | None = None,
+        tenant: str | None = None,
     ) -> tuple[str, KeyRecord]:
         """Make a key; return it in plain (shown once, never stored) and its record.
 
@@ -132,7 +159,11 @@ class KeyStore:
             scopes: What it may do: ``predict`` (model routes), ``admin``.
             rate: Its quota in requests per second, over all gateway replicas; None: none.
             burst: Requests it may send at once (default: one second of ``rate``).
+            datacenters: Residency: the only datacenters its requests are served in.
+            home: The datacenter its requests are served in first (within ``datacenters``).
+            tenant: Its tenant, whose residency (the gateway's config) applies as well.
         """
+        _check_placement(datacenters, home, tenant)
         unknown = set(scopes) - SCOPES
         if unknown:
             raise ValueError(f"Unknown scopes {sorted(unknown)}; choose from {sorted(SCOPES)}.")
@@ -155,6 +186,9 @@ class KeyStore:
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             rate=rate,
             burst=burst,
+            datacenters=tuple(datacenters) if datacenters else None,
+            home=home,
+            tenant=tenant,
         )
         records = self._read()
         records[key_id] = record

@@ -23,9 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import ray
 from ray import serve
 
 from cluster.settings import get_settings
+from cluster.topology import REGION_LABEL
 from models import package
 from models.evaluation import softmax
 from models.onnx_export import INPUT_NAME, OUTPUT_NAME, cpu_session
@@ -83,6 +85,8 @@ class Predictor:
         self.registry = Registry.from_settings(settings)
         self.config = PredictorConfig()
         self.health = Health(self.config.max_consecutive_failures)
+        # Where this replica runs: on every answer, for X-Served-Region and the metrics.
+        self.region = ray.get_runtime_context().get_node_labels().get(REGION_LABEL)
 
     def reconfigure(self, user_config: dict) -> None:
         self.config = PredictorConfig(**user_config)
@@ -136,4 +140,4 @@ class Predictor:
         self.health.ran(ok=True)
         proba = softmax(logits)
         splits = np.cumsum([len(x) for x in inputs])[:-1]
-        return [Prediction(model.version, part) for part in np.split(proba, splits)]
+        return [Prediction(model.version, part, self.region) for part in np.split(proba, splits)]

@@ -10,6 +10,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from cluster.topology import Datacenter
+
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
@@ -69,6 +71,43 @@ class ErrorResponse(BaseModel):
     request_id: str | None = None
 
 
+class DatacenterPolicy(BaseModel):
+    """How the gateway spreads requests over datacenters (``user_config.datacenters``).
+
+    The datacenters themselves are the application's (``args.datacenters``: one Predictor
+    deployment each); this says how far apart they are, which tenants are restricted to
+    which, and when a datacenter counts as failing.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    rtt_ms: dict[str, dict[str, Annotated[float, Field(ge=0)]]] = Field(
+        default_factory=dict,
+        description="Round trips between datacenters, ms (either direction); pairs not given "
+        "take cluster.topology's defaults for common regions, else count as the farthest.",
+    )
+    tenants: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Residency per tenant: the datacenters its keys' requests may be served "
+        "in (a key's own restriction narrows it further).",
+    )
+    eject_after_failures: int = Field(
+        2, ge=1, description="Failed answers in a row that take a datacenter out of rotation."
+    )
+    eject_for_s: float = Field(
+        10.0, gt=0, description="How long an ejected datacenter stays out (then one try)."
+    )
+    attempt_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        description="How long one datacenter may take before the next one is asked (the last "
+        "one gets upstream_timeout_s).",
+    )
+    health_poll_s: float = Field(
+        1.0, gt=0, description="How often each replica reads replicas per datacenter."
+    )
+
+
 class GatewayConfig(BaseModel):
     """Gateway tunables (``user_config`` of the Gateway deployment in serve_config.yaml)."""
 
@@ -95,6 +134,10 @@ class GatewayConfig(BaseModel):
     )
     rate_limiter_timeout_s: float = Field(
         1.0, gt=0, description="How long a lease may take before the request gets 503."
+    )
+    datacenters: DatacenterPolicy = Field(
+        default_factory=DatacenterPolicy,
+        description="Spreading over datacenters, when the application has several.",
     )
 
 
@@ -204,3 +247,27 @@ class GenerateRequest(BaseModel):
                 "request: ask for fewer and continue from the text you got"
             )
         return tokens
+
+
+class ModelsApiArgs(BaseModel):
+    """The model API application's arguments (``args`` in serve_config.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    datacenters: list[str] = Field(
+        default_factory=list,
+        description="One Predictor deployment per datacenter (Ray region), named "
+        "Predictor-<region> and placed there; empty: one Predictor, anywhere.",
+    )
+
+    @field_validator("datacenters")
+    @classmethod
+    def _label_safe(cls, names: list[str]) -> list[str]:
+        for i, name in enumerate(names):
+            try:
+                Datacenter(region=name, zone=f"{name}-a")
+            except ValueError as err:
+                raise ValueError(f"datacenters[{i}]: {err}") from None
+        if len(set(names)) != len(names):
+            raise ValueError(f"datacenters {names}: each datacenter once")
+        return names

@@ -27,13 +27,19 @@ _MAX_BUFFERED = 50_000  # outcomes kept while the controller is away
 
 class ReleaseClient:
     def __init__(self, routes_ttl_s: float, flush_s: float, timeout_s: float) -> None:
-        self.routes_ttl_s, self.flush_s, self.timeout_s = routes_ttl_s, flush_s, timeout_s
+        self.reconfigure(routes_ttl_s, flush_s, timeout_s)
         self._actor = None
         self._routes: dict[str, Route] | None = None
         self._routes_at = float("-inf")
         self._signatures: dict[tuple[str, int], dict] = {}
         self._outcomes: list[Outcome] = []
         self._flusher: asyncio.Task | None = None
+
+    def reconfigure(self, routes_ttl_s: float, flush_s: float, timeout_s: float) -> None:
+        """New timings, taking effect at the next call and flush. Retune a client in place
+        rather than replacing it: a new one would leave the old one's flush task running
+        for good (its outcomes flushed on the old period, the task never collected)."""
+        self.routes_ttl_s, self.flush_s, self.timeout_s = routes_ttl_s, flush_s, timeout_s
 
     async def _controller(self):
         if self._actor is None:  # a GCS lookup (or the actor's creation): off the event loop

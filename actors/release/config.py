@@ -6,8 +6,8 @@ Three modes:
   each step lasts at least ``min_step_s`` and ``min_requests`` candidate answers, and the
   next step is taken only while the candidate's online metrics stay within the thresholds
   below. The last step (100) promotes it: ``champion`` moves to the candidate.
-- ``ab``: a fixed ``weight`` share for as long as the release runs; metrics are compared but
-  nothing is promoted by itself (the error-rate guard still rolls back).
+- ``ab``: a fixed ``weight`` share until an operator aborts it; metrics are compared but
+  nothing is promoted by itself (a broken threshold still rolls it back).
 - ``shadow``: the champion answers everything; a copy of each request (``weight`` share) goes
   to the candidate, whose answers are compared and discarded. Ends with a verdict once
   ``min_requests`` copies were compared: passed (the candidate stays ``candidate``) or failed
@@ -72,7 +72,10 @@ class ReleaseConfig(BaseModel):
         50, ge=1, description="Candidate answers (shadow: comparisons) needed per step."
     )
     max_release_s: float = Field(
-        3600.0, gt=0, description="Roll back when a step cannot gather its requests in time."
+        3600.0,
+        gt=0,
+        description="Canary, shadow: roll back when the steps cannot gather their requests "
+        "within this many seconds (an A/B split runs until aborted).",
     )
     compare: bool = Field(
         True, description="Also ask the champion for canary requests, to measure agreement."

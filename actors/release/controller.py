@@ -1,164 +1,119 @@
 """The release controller: which version answers each request, and whether a candidate lives.
 
-``ReleaseController`` is the actor (a plain class; ``controller_actor`` makes it the one named,
-detached actor of the Serve namespace). It holds the routing table every gateway replica
-follows — per model: the ``champion`` version, and while a release runs the candidate, its
-share and the mode (``actors.release.config``) — and it decides releases by itself:
+``ReleaseController`` holds the routing table every gateway replica follows — per model: the
+``champion`` version, and while a release runs the candidate, its share and the mode
+(``actors.release.config``) — and it decides releases by itself:
 
 - Gateway replicas send it each answer's outcome in batches (version, ok, latency, whether
   it agreed with the champion, the predictions for later feedback). Labels sent back through
-  the feedback endpoint turn stored predictions into accuracy per version.
+  the feedback endpoint turn stored predictions into accuracy per version
+  (``actors.release.stats``).
 - Every ``tick_s`` it re-reads the registry's aliases (a promotion made elsewhere serves
-  within a tick), then judges each running release on the window of its current step: a
-  candidate that breaks a threshold is rolled back at once; one that held for the step's
-  time and requests moves to the next step; the last canary step promotes it (``champion``
-  moves). Every move is logged, kept in the release's history, persisted (a restarted
-  controller carries on) and exported as metrics.
+  within a tick), asks ``decision.decide`` what each running release does next, and applies
+  the answer: a candidate that breaks a threshold is rolled back at once; one that held for
+  the step's time and requests moves to the next step; the last canary step promotes it
+  (``champion`` moves). Every move is logged, kept in the release's history, persisted (a
+  restarted controller carries on) and exported as metrics.
 
 Failures of the candidate never reach clients: the gateway answers them from the champion
 and only reports them here, so rolling back a bad candidate costs no failed requests.
+
+It is a plain class, given its registry and where to persist, so it runs in a test without
+Ray or MLflow. ``controller_actor`` makes it the one named, detached actor of the Serve
+namespace, with the cluster's registry built in the actor's own process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import tempfile
+import pkgutil
 import time
 import uuid
-from collections import OrderedDict, deque
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
-import numpy as np
+from ray.util.metrics import Counter, Gauge
 
-from actors.release.config import ReleaseConfig, Thresholds
+from actors.release.config import ReleaseConfig
+from actors.release.decision import Action, Decision, decide
+from actors.release.exceptions import ReleaseError
 from actors.release.routing import Mode, Outcome, Route
+from actors.release.state import Release, ReleaseState, ReleaseStore
+from actors.release.stats import OnlineWindows
+from models.refs import CANDIDATE, CHAMPION
 
 logger = logging.getLogger(__name__)
 
 CONTROLLER_NAME = "aimass_release_controller"
-RUNNING, PROMOTED, ROLLED_BACK, PASSED, ABORTED = (
-    "running",
-    "promoted",
-    "rolled_back",
-    "passed",
-    "aborted",
-)
-_LATENCIES_KEPT = 4096  # per version and step: enough for a stable p95
-_PREDICTIONS_KEPT = 100_000  # request ids awaiting feedback, oldest dropped first
+# The deployed controller's constructor arguments (the MLflow registry, the storage URI),
+# named by import path like a Serve deployment: only the actor's process imports them. A
+# Gateway replica creates the actor when it finds none, and must never load MLflow or torch.
+DEPLOYED_PARTS = "actors.release.deployed:parts"
+# What the controller's messages tell operators to run (cluster/cli/aimass.py; a unit test
+# parses both with the CLI's parser).
+ABORT_COMMAND = "aimass release abort {model}"
+STATUS_COMMAND = "aimass release status {model}"
 
 
-@dataclass(slots=True)
-class OnlineStats:
-    """A version's online metrics over one window (a release step)."""
+@runtime_checkable
+class ReleaseRegistry(Protocol):
+    """What the controller reads and writes in the model registry (on the cluster:
+    ``actors.release.deployed.ClusterRegistry``, over MLflow). Calls block: the controller
+    makes them in a thread."""
 
-    requests: int = 0
-    errors: int = 0
-    compared: int = 0
-    agreed: int = 0
-    labelled: int = 0
-    correct: int = 0
-    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=_LATENCIES_KEPT))
+    def all_aliases(self) -> dict[str, dict[str, int]]:
+        """Every registered model's aliases, ``{model: {alias: version}}``."""
 
-    def add(self, o: Outcome) -> None:
-        self.requests += 1
-        self.errors += not o.ok
-        if o.ok:
-            self.latencies_ms.append(o.latency_ms)
-        if o.agreed is not None:
-            self.compared += 1
-            self.agreed += o.agreed
+    def aliased(self, model: str, alias: str) -> int:
+        """The version ``alias`` points at. Raises ModelNotFound when there is none."""
 
-    def p95_ms(self) -> float | None:
-        return float(np.percentile(self.latencies_ms, 95)) if self.latencies_ms else None
+    def signature(self, model: str, version: int) -> dict:
+        """``{"signature": ..., "task": ...}`` of a version. Raises ModelNotFound."""
 
-    def summary(self) -> dict:
-        p50 = float(np.percentile(self.latencies_ms, 50)) if self.latencies_ms else None
-        return {
-            "requests": self.requests,
-            "error_rate": self.errors / self.requests if self.requests else None,
-            "p50_ms": p50,
-            "p95_ms": self.p95_ms(),
-            "agreement": self.agreed / self.compared if self.compared else None,
-            "accuracy": self.correct / self.labelled if self.labelled else None,
-            "compared": self.compared,
-            "labelled": self.labelled,
-        }
+    def set_alias(self, name: str, alias: str, version: int, reason: str = "") -> object:
+        """Point ``alias`` at ``version``, recording ``reason``."""
 
+    def remove_alias(self, name: str, alias: str) -> int | None:
+        """Delete ``alias``."""
 
-def judge(t: Thresholds, champion: OnlineStats, candidate: OnlineStats) -> str | None:
-    """Why the candidate must be rolled back, or None while it is within every threshold.
-
-    Each check waits for ``t.min_samples`` samples of its kind, so early noise cannot end a
-    release, and a check with nothing to compare (no labels fed back) never fires."""
-    n = t.min_samples
-    if candidate.requests >= n and candidate.errors / candidate.requests > t.max_error_rate:
-        return f"error rate {candidate.errors}/{candidate.requests} > {t.max_error_rate:.1%}"
-    if len(candidate.latencies_ms) >= n and len(champion.latencies_ms) >= n:
-        limit = champion.p95_ms() * t.max_latency_ratio + t.latency_slack_ms
-        if candidate.p95_ms() > limit:
-            return f"p95 latency {candidate.p95_ms():.1f} ms > {limit:.1f} ms"
-    if candidate.compared >= n and candidate.agreed / candidate.compared < t.min_agreement:
-        return (
-            f"agreement with the champion {candidate.agreed}/{candidate.compared} "
-            f"< {t.min_agreement:.0%}"
-        )
-    if candidate.labelled >= n and champion.labelled >= n:
-        drop = champion.correct / champion.labelled - candidate.correct / candidate.labelled
-        if drop > t.max_accuracy_drop:
-            return f"accuracy {drop:.1%} below the champion's (> {t.max_accuracy_drop:.1%})"
-    return None
-
-
-@dataclass(slots=True)
-class Release:
-    """A release's state, persisted as JSON after every move."""
-
-    id: str
-    model: str
-    champion: int
-    candidate: int
-    config: dict
-    state: str = RUNNING
-    step: int = 0
-    started: float = field(default_factory=time.time)
-    step_started: float = field(default_factory=time.time)
-    history: list[dict] = field(default_factory=list)
-
-    @property
-    def cfg(self) -> ReleaseConfig:
-        return ReleaseConfig.model_validate(self.config)
-
-    @property
-    def share(self) -> float:
-        """The candidate's share of traffic (shadow: of copies) now, 0..1."""
-        if self.state == PROMOTED:
-            return 1.0
-        if self.state != RUNNING:
-            return 0.0
-        cfg = self.cfg
-        return (cfg.steps[self.step] if cfg.mode == "canary" else cfg.weight) / 100
+    def tag_version(self, name: str, version: int, key: str, value: str) -> None:
+        """Set a tag on a version."""
 
 
 class ReleaseController:
-    def __init__(self, tick_s: float = 2.0) -> None:
-        from cluster import storage
-        from cluster.settings import get_settings
-        from models.registry import Registry
+    """Routes, outcomes and releases of every served model (see the module docstring).
 
-        settings = get_settings()
-        self.registry = Registry.from_settings(settings)
-        self._state_uri = storage.join(settings.storage_root, "releases.json")
+    Args:
+        registry: Where aliases live and versions are read.
+        state_uri: Where releases are persisted (``<storage>/releases.json`` on a cluster).
+        tick_s: Seconds between the background loop's rounds; the first call from a
+            gateway or an operator starts it (an actor has no event loop in ``__init__``).
+            None: no loop, the caller calls ``tick()``.
+        clock: Unix time. Tests pass their own, to move time without sleeping.
+    """
+
+    def __init__(
+        self,
+        registry: ReleaseRegistry,
+        state_uri: str,
+        tick_s: float | None = 2.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        self.store = ReleaseStore(state_uri)
         self.tick_s = tick_s
+        self._clock = clock
+        self.releases: dict[str, Release] = self.store.load()
         self.champions: dict[str, int] = {}
-        self.releases: dict[str, Release] = self._load()
-        self.stats: dict[tuple[str, int], OnlineStats] = {}
-        self.predictions: OrderedDict[str, list[tuple[int, list[int]]]] = OrderedDict()
+        self.windows = OnlineWindows()
         self._signatures: dict[tuple[str, int], dict] = {}
+        self._champions_read = False
         self._loop: asyncio.Task | None = None
-        self._metrics = _release_metrics()
+        # Moves (start, abort, a tick's decisions) one at a time: each re-checks a
+        # release's state after its registry calls, which yield to other calls.
+        self._moving = asyncio.Lock()
+        self._metrics = _Metrics()
 
     # ---- what gateways call ----------------------------------------------------------
 
@@ -166,123 +121,103 @@ class ReleaseController:
         """Per served model: champion, and candidate/share/mode/release while one runs."""
         await self._ensure_running()
         table = {name: Route(champion=v) for name, v in self.champions.items()}
-        for r in self.releases.values():
-            if r.state == RUNNING and r.model in table:
-                cfg = r.cfg
+        for r in self._running():
+            if r.model in table:
                 table[r.model] = Route(
                     champion=table[r.model].champion,
                     candidate=r.candidate,
                     share=r.share,
-                    mode=Mode(cfg.mode),
-                    compare=cfg.compare,
+                    mode=Mode(r.config.mode),
+                    compare=r.config.compare,
                     release=r.id,
                 )
         return table
 
     async def record(self, outcomes: list[Outcome]) -> None:
-        for o in outcomes:
-            self._window(o.model, o.version).add(o)
-            if o.request_id and o.predictions is not None:
-                self.predictions.setdefault(o.request_id, []).append((o.version, o.predictions))
-                self.predictions.move_to_end(o.request_id)
-        while len(self.predictions) > _PREDICTIONS_KEPT:
-            self.predictions.popitem(last=False)
+        self.windows.record(outcomes)
 
     async def feedback(self, model: str, request_id: str, labels: list[int]) -> dict:
         """Score the predictions a request got (every version that answered it) against
-        ``labels``. Raises KeyError for an unknown or expired request id."""
-        answered = self.predictions.get(request_id)
-        if answered is None:
-            raise KeyError(request_id)
-        scored = {}
-        for version, predictions in answered:
-            if len(predictions) != len(labels):
-                raise ValueError(
-                    f"{len(labels)} labels for a request of {len(predictions)} instances."
-                )
-            stats = self._window(model, version)
-            correct = sum(int(p == y) for p, y in zip(predictions, labels, strict=True))
-            stats.labelled += len(labels)
-            stats.correct += correct
-            scored[version] = correct / len(labels)
-        return scored
+        ``labels``. Raises KeyError for an unknown or expired request id, ValueError for
+        labels that do not match its instances."""
+        return self.windows.score(model, request_id, labels)
 
     async def signature(self, model: str, version: int) -> dict:
         """A version's signature and task (cached: versions never change)."""
         key = (model, version)
         if key not in self._signatures:
-            self._signatures[key] = await asyncio.to_thread(self._read_signature, model, version)
+            self._signatures[key] = await asyncio.to_thread(self.registry.signature, *key)
         return self._signatures[key]
 
     # ---- what operators call (jobs.release, aimass release) ---------------------------
 
     async def start(self, config: dict) -> dict:
-        """Start a release; returns its status. Raises ValueError if it cannot start."""
-        from models.refs import CANDIDATE, CHAMPION, ModelRef
-
+        """Start a release; returns its status. Raises ReleaseError (a ValueError) if it
+        cannot start, ModelNotFound for a missing version or alias."""
         await self._ensure_running()
         cfg = ReleaseConfig.model_validate(config)
-        current = self.releases.get(cfg.model)
-        if current and current.state == RUNNING:
-            raise ValueError(
-                f"A release of {cfg.model} (candidate v{current.candidate}) is running: "
-                f"abort it first (aimass release abort {cfg.model})."
+        async with self._moving:
+            self._refuse_if_running(cfg.model)
+            champion = await asyncio.to_thread(self.registry.aliased, cfg.model, CHAMPION)
+            candidate = cfg.candidate or await asyncio.to_thread(
+                self.registry.aliased, cfg.model, CANDIDATE
             )
-        resolve = self.registry.resolve
-        champion = (await asyncio.to_thread(resolve, ModelRef(cfg.model, alias=CHAMPION))).version
-        if cfg.candidate is None:
-            candidate = (
-                await asyncio.to_thread(resolve, ModelRef(cfg.model, alias=CANDIDATE))
-            ).version
-        else:
-            candidate = (
-                await asyncio.to_thread(self.registry.get, cfg.model, cfg.candidate)
-            ).version
-            await asyncio.to_thread(
-                self.registry.set_alias, cfg.model, CANDIDATE, candidate, "release started"
+            await self._check_can_replace(cfg.model, champion, candidate)
+            if cfg.candidate is not None:
+                await asyncio.to_thread(
+                    self.registry.set_alias, cfg.model, CANDIDATE, candidate, "release started"
+                )
+            self.champions[cfg.model] = champion
+            now = self._clock()
+            release = Release(
+                uuid.uuid4().hex[:12], cfg.model, champion, candidate, cfg, started=now
             )
-        if candidate == champion:
-            raise ValueError(f"{cfg.model} v{candidate} is already the champion.")
-        champ_sig = await self.signature(cfg.model, champion)
-        cand_sig = await self.signature(cfg.model, candidate)
-        if champ_sig != cand_sig:
-            raise ValueError(
-                f"v{candidate} takes or returns other shapes than the champion v{champion} "
-                f"({cand_sig['signature']} vs {champ_sig['signature']}): clients would break."
+            self.releases[cfg.model] = release
+            self._event(
+                release, "start", f"{cfg.mode} of v{candidate} against champion v{champion}"
             )
-        self.champions[cfg.model] = champion
-        release = Release(uuid.uuid4().hex[:12], cfg.model, champion, candidate, cfg.model_dump())
-        self.releases[cfg.model] = release
-        self._event(release, "start", f"{cfg.mode} of v{candidate} against champion v{champion}")
+            self._new_window(release)  # judged on answers from now on only
         return self._status(release)
 
     async def abort(self, model: str, reason: str = "aborted by an operator") -> dict:
-        release = self._running(model)
-        await self._roll_back(release, reason, state=ABORTED)
+        """End ``model``'s running release: traffic back to the champion, ``candidate``
+        alias removed. Raises ReleaseError when none runs."""
+        async with self._moving:
+            release = self.releases.get(model)
+            if release is None or release.state is not ReleaseState.RUNNING:
+                raise ReleaseError(
+                    f"No release of {model} is running "
+                    f"({STATUS_COMMAND.format(model=model)} shows the last one).",
+                    model,
+                )
+            await self._apply(release, Decision(Action.ABORT, reason))
         return self._status(release)
 
     async def status(self, model: str | None = None) -> list[dict]:
+        """The release of ``model`` (empty if it never had one), or of every model."""
         await self._ensure_running()
-        chosen = [self.releases[model]] if model in self.releases else []
-        return [self._status(r) for r in (chosen if model else self.releases.values())]
+        if model is None:
+            return [self._status(r) for r in self.releases.values()]
+        return [self._status(self.releases[model])] if model in self.releases else []
 
     async def tick(self) -> None:
-        """One round: aliases re-read, every running release judged (also run by the loop)."""
-        await self._refresh_champions()
-        for release in list(self.releases.values()):
-            if release.state == RUNNING:
+        """One round: aliases re-read, every running release decided (also run by the loop)."""
+        async with self._moving:
+            await self._refresh_champions()
+            for release in self._running():
                 try:
-                    await self._judge(release)
+                    await self._apply(release, self._decide(release))
                 except Exception:  # one release's registry hiccup must not stop the others
-                    logger.exception("judging release %s of %s failed", release.id, release.model)
+                    logger.exception("release %s of %s: a move failed", release.id, release.model)
 
     # ---- internals ----------------------------------------------------------------------
 
     async def _ensure_running(self) -> None:
-        if self._loop is None or self._loop.done():
-            if not self.champions:
-                await self._refresh_champions()
+        # The task first, then the awaited read: concurrent first calls start one loop.
+        if self.tick_s is not None and (self._loop is None or self._loop.done()):
             self._loop = asyncio.get_running_loop().create_task(self._run())
+        if not self._champions_read:
+            await self._refresh_champions()
 
     async def _run(self) -> None:
         while True:
@@ -294,98 +229,92 @@ class ReleaseController:
 
     async def _refresh_champions(self) -> None:
         aliases = await asyncio.to_thread(self.registry.all_aliases)
-        self.champions = {name: a["champion"] for name, a in aliases.items() if "champion" in a}
+        self.champions = {name: a[CHAMPION] for name, a in aliases.items() if CHAMPION in a}
+        self._champions_read = True
 
-    def _window(self, model: str, version: int) -> OnlineStats:
-        return self.stats.setdefault((model, version), OnlineStats())
+    def _running(self) -> list[Release]:
+        return [r for r in self.releases.values() if r.state is ReleaseState.RUNNING]
 
-    async def _judge(self, r: Release) -> None:
-        cfg = r.cfg
-        champion, candidate = self._window(r.model, r.champion), self._window(r.model, r.candidate)
-        if self.champions.get(r.model) != r.champion:
-            await self._roll_back(
-                r,
-                f"champion moved to v{self.champions.get(r.model)} outside the release",
-                state=ABORTED,
+    def _refuse_if_running(self, model: str) -> None:
+        current = self.releases.get(model)
+        if current is not None and current.state is ReleaseState.RUNNING:
+            raise ReleaseError(
+                f"A release of {model} (candidate v{current.candidate}) is running: "
+                f"abort it first ({ABORT_COMMAND.format(model=model)}).",
+                model,
             )
-            return
-        reason = judge(cfg.thresholds, champion, candidate)
-        if reason:
-            await self._roll_back(r, reason)
-            return
-        held = time.time() - r.step_started
-        if time.time() - r.started > cfg.max_release_s:
-            await self._roll_back(
-                r, f"not enough traffic to decide within {cfg.max_release_s:.0f} s"
+
+    async def _check_can_replace(self, model: str, champion: int, candidate: int) -> None:
+        if candidate == champion:
+            raise ReleaseError(f"{model} v{candidate} is already the champion.", model)
+        champ_sig = await self.signature(model, champion)
+        cand_sig = await self.signature(model, candidate)  # ModelNotFound if there is none
+        if champ_sig != cand_sig:
+            raise ReleaseError(
+                f"v{candidate} takes or returns other shapes than the champion v{champion} "
+                f"({cand_sig['signature']} vs {champ_sig['signature']}): clients would break.",
+                model,
             )
-            return
-        needed = candidate.compared if cfg.mode == "shadow" else candidate.requests
-        if cfg.mode == "ab" or held < cfg.min_step_s or needed < cfg.min_requests:
-            return
-        if cfg.mode == "shadow":
-            r.state = PASSED
-            self._event(r, "passed", f"{needed} comparisons within thresholds")
-            return
-        if r.step + 1 < len(cfg.steps):
-            r.step += 1
+
+    def _decide(self, r: Release) -> Decision:
+        champion = self.windows.of(r.model, r.champion)
+        candidate = self.windows.of(r.model, r.candidate)
+        return decide(r, self.champions.get(r.model), champion, candidate, self._clock())
+
+    async def _apply(self, r: Release, d: Decision) -> None:
+        """Carry ``d`` out: the step first (a PROMOTE may take the last one), then the end."""
+        if d.step is not None:
+            r.step = d.step
             self._new_window(r)
-            self._event(r, "step", f"to {cfg.steps[r.step]:g} %")
-            if cfg.steps[r.step] < 100:
-                return
-        await self._promote(r)
+            self._event(r, Action.STEP.value, f"to {r.config.steps[r.step]:g} %")
+        if d.action is Action.PROMOTE:
+            await self._promote(r, d.reason)
+        elif d.ends_in is not None:
+            await self._end(r, d)
 
-    async def _promote(self, r: Release) -> None:
-        from models.refs import CANDIDATE, CHAMPION
-
+    async def _promote(self, r: Release, reason: str) -> None:
+        # The registry first: if the write fails, the release still runs and the next tick
+        # tries again; once it is done, the release is over whatever follows.
         await asyncio.to_thread(
-            self.registry.set_alias,
-            r.model,
-            CHAMPION,
-            r.candidate,
-            f"release {r.id}: canary passed",
+            self.registry.set_alias, r.model, CHAMPION, r.candidate, f"release {r.id}: {reason}"
         )
-        await asyncio.to_thread(self.registry.remove_alias, r.model, CANDIDATE)
         self.champions[r.model] = r.candidate
-        r.state = PROMOTED
-        self._event(r, "promote", f"v{r.candidate} is the champion")
+        r.state = ReleaseState.PROMOTED
+        self._event(r, Action.PROMOTE.value, f"v{r.candidate} is the champion: {reason}")
+        await asyncio.to_thread(self.registry.remove_alias, r.model, CANDIDATE)
 
-    async def _roll_back(self, r: Release, reason: str, state: str = ROLLED_BACK) -> None:
-        from models.refs import CANDIDATE
-
-        r.state = state  # traffic returns to the champion at the next routes() call
-        self._event(r, "rollback" if state == ROLLED_BACK else "abort", reason)
+    async def _end(self, r: Release, d: Decision) -> None:
+        """PASS, ROLL_BACK or ABORT. The state first: traffic returns to the champion at the
+        next routes() call, even if the registry cannot be written now."""
+        r.state = d.ends_in
+        self._event(r, d.action.value, d.reason)
+        if d.action is Action.PASS:
+            return  # a shadow that passed stays `candidate`, ready for a canary
         await asyncio.to_thread(self.registry.remove_alias, r.model, CANDIDATE)
         await asyncio.to_thread(
             self.registry.tag_version,
             r.model,
             r.candidate,
             "aimass.release",
-            f"{state} in release {r.id}: {reason}",
+            f"{r.state.value} in release {r.id}: {d.reason}",
         )
 
     def _new_window(self, r: Release) -> None:
-        r.step_started = time.time()
-        for v in (r.champion, r.candidate):
-            self.stats[(r.model, v)] = OnlineStats()
+        r.step_started = self._clock()
+        self.windows.restart(r.model, (r.champion, r.candidate))
 
-    def _running(self, model: str) -> Release:
-        r = self.releases.get(model)
-        if r is None or r.state != RUNNING:
-            raise ValueError(f"No release of {model} is running.")
-        return r
+    def _online(self, r: Release) -> dict:
+        return {
+            "champion": self.windows.of(r.model, r.champion).summary(),
+            "candidate": self.windows.of(r.model, r.candidate).summary(),
+        }
 
     def _event(self, r: Release, action: str, detail: str) -> None:
-        entry = {
-            "at": time.time(),
-            "action": action,
-            "share": r.share,
-            "detail": detail,
-            "champion": self._window(r.model, r.champion).summary(),
-            "candidate": self._window(r.model, r.candidate).summary(),
-        }
-        r.history.append(entry)
-        if action == "start":
-            self._new_window(r)
+        """Record a move: history, log, metrics, and the store (a restart resumes here)."""
+        r.history.append(
+            {"at": self._clock(), "action": action, "share": r.share, "detail": detail}
+            | self._online(r)
+        )
         logger.warning(
             "[release] %s %s v%d: %s %s (share %.0f %%)",
             r.id,
@@ -395,62 +324,62 @@ class ReleaseController:
             detail,
             100 * r.share,
         )
-        self._metrics["steps"].inc(tags={"model": r.model, "action": action})
-        self._metrics["share"].set(r.share, tags={"model": r.model})
-        self._save()
+        self._metrics.moved(r, action)
+        self.store.save(self.releases.values())
 
     def _status(self, r: Release) -> dict:
-        return asdict(r) | {
-            "share": r.share,
-            "online": {
-                "champion": self._window(r.model, r.champion).summary(),
-                "candidate": self._window(r.model, r.candidate).summary(),
-            },
-        }
-
-    def _read_signature(self, model: str, version: int) -> dict:
-        from models import package
-        from models.zoo import architecture
-
-        with tempfile.TemporaryDirectory(prefix="aimass-signature-") as tmp:
-            folder = self.registry.fetch(self.registry.get(model, version), Path(tmp))
-            cfg = package.PackageConfig.read(folder)
-        return {"signature": cfg.signature.to_dict(), "task": architecture(cfg.architecture).task}
-
-    def _load(self) -> dict[str, Release]:
-        from cluster import storage
-
-        if not storage.exists(self._state_uri):
-            return {}
-        data = json.loads(storage.read_bytes(self._state_uri))
-        return {r["model"]: Release(**r) for r in data["releases"]}
-
-    def _save(self) -> None:
-        from cluster import storage
-
-        body = {"releases": [asdict(r) for r in self.releases.values()]}
-        storage.write_bytes(self._state_uri, json.dumps(body, indent=1).encode())
+        """The release as JSON data, with its current windows; while it runs, what the next
+        tick would do and why (e.g. how much of its step it has gathered)."""
+        status = r.to_json() | {"share": r.share, "online": self._online(r)}
+        if r.state is ReleaseState.RUNNING:
+            d = self._decide(r)
+            status["next"] = {"action": d.action.value, "reason": d.reason}
+        return status
 
 
-def _release_metrics() -> dict:
-    from ray.util.metrics import Counter, Gauge
+class _Metrics:
+    """What releases export (Ray's metrics → Prometheus; outside Ray they record nothing)."""
 
-    return {
-        "share": Gauge(
+    def __init__(self) -> None:
+        self.share = Gauge(
             "aimass_release_candidate_share",
             description="Share of a model's traffic the release candidate answers (0-1).",
             tag_keys=("model",),
-        ),
-        "steps": Counter(
+        )
+        self.events = Counter(
             "aimass_release_events",
             description="Release moves: start, step, promote, rollback, abort, passed.",
             tag_keys=("model", "action"),
-        ),
-    }
+        )
+
+    def moved(self, r: Release, action: str) -> None:
+        self.events.inc(tags={"model": r.model, "action": action})
+        self.share.set(r.share, tags={"model": r.model})
+
+
+class _DeployedController(ReleaseController):
+    """The controller as the cluster runs it: its parts built from the cluster's settings
+    here, in the actor's process (see ``DEPLOYED_PARTS``)."""
+
+    def __init__(self) -> None:
+        super().__init__(**pkgutil.resolve_name(DEPLOYED_PARTS)())
 
 
 def controller_actor():
-    """The one ReleaseController (restarted from its persisted releases if it dies)."""
+    """The one ReleaseController actor, created by the first caller (a gateway replica, or
+    ``jobs.release`` in its job); restarted from its persisted releases if it dies."""
     from actors import serve_singleton
 
-    return serve_singleton(ReleaseController, CONTROLLER_NAME, max_concurrency=64)
+    return serve_singleton(_DeployedController, CONTROLLER_NAME, max_concurrency=64)
+
+
+def find_controller():
+    """The running controller actor, or None. For operators' tools outside a job (the
+    CLI): an actor they created would run without a job's code on a real cluster."""
+    import ray
+    from ray.serve._private.constants import SERVE_NAMESPACE
+
+    try:
+        return ray.get_actor(CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return None

@@ -59,3 +59,56 @@ def wait_for_version(
             last = type(err).__name__
         time.sleep(1.0)
     raise ClusterError(f"{model} v{version} was not served within {timeout_s:.0f} s ({last}).")
+
+
+def cluster_cpus_by_datacenter(settings: Settings) -> dict[str, float]:
+    """CPUs of each datacenter's live nodes, from the State API (no driver needed)."""
+    from ray.util.state import list_nodes
+
+    from cluster.cli.placement_check import cpus_by_datacenter
+
+    nodes = list_nodes(address=settings.dashboard_url, detail=True, limit=10_000)
+    return cpus_by_datacenter(
+        [
+            {"Alive": n.state == "ALIVE", "Labels": n.labels, "Resources": n.resources_total}
+            for n in nodes
+        ]
+    )
+
+
+def checked_deploy(settings: Settings, source: Path, timeout_s: float = 300) -> dict:
+    """``aimass deploy``: check ``source`` against the cluster's datacenters, ``serve
+    deploy`` it, and wait until every application runs; Serve's own status message when
+    one fails to deploy. Returns the applications' statuses."""
+    from cluster.cli.placement_check import check_placement
+
+    config = rendered_config(settings, source)
+    problems = check_placement(config, cluster_cpus_by_datacenter(settings))
+    if problems:
+        raise ClusterError(
+            f"{source} cannot be placed on this cluster:\n- " + "\n- ".join(problems)
+        )
+    deploy_models_api(settings, config)
+    return wait_for_applications(
+        settings, [app["name"] for app in config["applications"]], timeout_s
+    )
+
+
+def wait_for_applications(settings: Settings, names: list[str], timeout_s: float) -> dict:
+    """Poll Serve until the applications run; ClusterError with Serve's message if one
+    failed to deploy or they did not run in time."""
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    client = ServeSubmissionClient(settings.dashboard_url)
+    deadline, statuses = time.monotonic() + timeout_s, {}
+    while time.monotonic() < deadline:
+        apps = client.get_serve_details().get("applications") or {}
+        statuses = {name: apps.get(name, {}).get("status", "NOT_STARTED") for name in names}
+        failed = [n for n, s in statuses.items() if s in ("DEPLOY_FAILED", "UNHEALTHY")]
+        if failed:
+            message = apps[failed[0]].get("message", "")
+            raise ClusterError(f"Application {failed[0]!r} failed to deploy: {message[-2000:]}")
+        if all(s == "RUNNING" for s in statuses.values()):
+            return statuses
+        time.sleep(1.0)
+    raise ClusterError(f"Applications did not run within {timeout_s:.0f} s: {statuses}")

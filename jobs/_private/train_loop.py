@@ -16,7 +16,6 @@ run of the same name verifies the latest checkpoint and continues from the step 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sys
 import tempfile
@@ -31,8 +30,10 @@ import torch.nn.functional as F
 
 from jobs._private.checkpoints import CheckpointError, load_shards, save_shard
 from jobs._private.deepspeed_setup import initialize
+from jobs._private.loop_config import LOOP_KEY, LoopConfig
 from jobs._private.train_metrics import TrainMetrics
 from jobs.configs import TrainConfig
+from models.evaluation import language_model_metrics, next_token_nats
 from models.signature import LM
 from models.weights import save_weights
 from models.zoo import architecture
@@ -75,13 +76,13 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction=reduction)
 
 
-def _teacher(config: dict):
+def _teacher(loop: LoopConfig):
     """The teacher's logits as a function of a batch, from its verified ONNX package."""
     from models import package
     from models.onnx_export import INPUT_NAME, OUTPUT_NAME, cpu_session
     from models.registry import Registry
 
-    folder = Registry(config["tracking_uri"], config["artifact_root"]).fetch(config["teacher"])
+    folder = Registry(loop.tracking_uri, loop.artifact_root).fetch(loop.teacher)
     session = cpu_session(folder / package.ONNX_FILE, threads=1)
 
     def logits(x: torch.Tensor) -> torch.Tensor:
@@ -95,10 +96,11 @@ class Task:
     """What differs between a classifier and a language model: the batch loss and the
     validation metrics. ``batch_loss`` returns (loss, rows)."""
 
-    def __init__(self, cfg: TrainConfig, config: dict, dtype: torch.dtype) -> None:
+    def __init__(self, loop: LoopConfig, dtype: torch.dtype) -> None:
+        cfg = loop.train
         self.cfg, self.dtype, self.lm = cfg, dtype, cfg.task == LM
         self.augment = architecture(cfg.architecture).augment if cfg.augment else None
-        self.teacher = _teacher(config) if config.get("teacher") else None
+        self.teacher = _teacher(loop) if loop.teacher is not None else None
 
     def batch_loss(self, engine, batch: dict) -> tuple[torch.Tensor, int]:
         if self.lm:
@@ -129,10 +131,14 @@ class Task:
                 batch_size=self.cfg.batch_size, device=engine.device
             ):
                 if self.lm:
+                    # The published test loss's own function (models.evaluation), so the
+                    # two figures are one metric on two splits.
                     tokens = batch["tokens"].long()
                     logits, _ = engine(tokens[:, :-1])
-                    total += lm_loss(logits, tokens[:, 1:], reduction="sum").item()
-                    count += tokens[:, 1:].numel()
+                    nats, n = next_token_nats(
+                        logits.float().cpu().numpy(), tokens[:, 1:].cpu().numpy()
+                    )
+                    total, count = total + nats, count + n
                 else:
                     logits = engine(batch["features"].to(self.dtype))
                     total += (logits.argmax(1) == batch["label"]).sum().item()
@@ -140,8 +146,8 @@ class Task:
         engine.module.train()
         total, count = _all_reduce_sum(total, count)
         if self.lm:
-            loss = total / max(count, 1)
-            return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0))}
+            lm = language_model_metrics(total, count)
+            return {"val_loss": lm["loss"], "val_perplexity": lm["perplexity"]}
         return {"val_accuracy": total / max(count, 1)}
 
     def summary(self, metrics: dict) -> str:
@@ -221,53 +227,83 @@ def _take_hyperparameters(engine, cfg: TrainConfig, position: dict, steps_per_ep
     return {**position, "step": step}
 
 
-def _mlflow_logger(config: dict):
+def _mlflow_logger(loop: LoopConfig):
     """A function logging epoch metrics to the job's MLflow run (rank 0 only), or None."""
-    if not config.get("mlflow_run_id"):
+    if not loop.mlflow_run_id:
         return None
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=config["tracking_uri"])
+    client = MlflowClient(tracking_uri=loop.tracking_uri)
 
     def log(metrics: dict, step: int) -> None:
         for key, value in metrics.items():
-            client.log_metric(config["mlflow_run_id"], key, value, step=step)
+            client.log_metric(loop.mlflow_run_id, key, value, step=step)
 
     return log
 
 
 def train_func(config: dict) -> None:
+    """Ray Train's function on every worker: the run ``config[LOOP_KEY]`` (a LoopConfig)."""
     # DeepSpeed calls this deprecated collective on every step; the warning would flood the
     # job log (and, through Ray's log pipe, slow the step) without anything to act on.
     warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated")
-    cfg = TrainConfig(**config["train"])
+    loop: LoopConfig = config[LOOP_KEY]
+    cfg = loop.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     # The schedule steps once per optimizer step, i.e. every grad_accum micro-batches.
-    steps_per_epoch = max(1, config["steps_per_epoch"] // cfg.grad_accum)
+    steps_per_epoch = max(1, loop.steps_per_epoch // cfg.grad_accum)
     engine, dtype, total_steps = initialize(cfg, world, steps_per_epoch)
     progress(
         f"[train] worker rank {rank}/{world} pid {os.getpid()} on {ray.util.get_node_ip_address()}"
     )
     # Model, optimizer and schedule, as checkpointed.
-    position = _restore(engine, cfg, world, steps_per_epoch, config.get("init_checkpoint"))
+    position = _restore(engine, cfg, world, steps_per_epoch, loop.init_checkpoint)
     start_epoch = position["epoch"] + 1 if position else 0
     if position and rank == 0:
         progress(
             f"[train] resumed from the checkpoint of epoch {start_epoch}/{cfg.epochs}, "
             f"step {position['step']}"
         )
-    task = Task(cfg, config, dtype)
-    metrics_out = TrainMetrics(cfg.name, rank)
-    log_metrics = _mlflow_logger(config) if rank == 0 else None
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
-    started, start_step = time.monotonic(), engine.global_steps
+    epochs = Epochs(loop, engine, Task(loop, dtype), total_steps, start_epoch)
     for epoch in range(start_epoch, cfg.epochs):
-        t0, loss_sum, rows = time.monotonic(), 0.0, 0
+        epochs.run(epoch)
+
+
+class Epochs:
+    """One worker's epochs: train on its shard, validate, report, log and checkpoint."""
+
+    def __init__(self, loop: LoopConfig, engine, task: Task, total_steps: int, start_epoch: int):
+        ctx = ray.train.get_context()
+        self.cfg, self.engine, self.task = loop.train, engine, task
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.total_steps, self.start_epoch = total_steps, start_epoch
+        self.metrics_out = TrainMetrics(self.cfg.name, self.rank)
+        self.log_metrics = _mlflow_logger(loop) if self.rank == 0 else None
+        self.train_shard = ray.train.get_dataset_shard("train")
+        self.val_shard = ray.train.get_dataset_shard("val")
+        self.started, self.start_step = time.monotonic(), engine.global_steps
+
+    def run(self, epoch: int) -> None:
+        t0 = time.monotonic()
+        loss_sum, rows = _all_reduce_sum(*self._train(epoch, t0))
+        elapsed = time.monotonic() - t0
+        metrics = {
+            "epoch": epoch,
+            "step": self.engine.global_steps,
+            "train_loss": loss_sum / max(rows, 1),
+            **self.task.validate(self.engine, self.val_shard),
+            "rows_per_s": rows / elapsed,
+        }
+        self._report(epoch, metrics)
+
+    def _train(self, epoch: int, t0: float) -> tuple[float, int]:
+        """One pass over this rank's shard: the summed loss (x rows) and the rows."""
+        cfg, engine = self.cfg, self.engine
+        loss_sum, rows = 0.0, 0
         # drop_last: every rank takes the same number of steps, so collectives never hang.
         # The shuffle seed changes with the epoch: a different, reproducible order each one.
-        batches = train_shard.iter_torch_batches(
+        batches = self.train_shard.iter_torch_batches(
             batch_size=cfg.batch_size,
             device=engine.device,
             drop_last=True,
@@ -275,7 +311,7 @@ def train_func(config: dict) -> None:
             local_shuffle_seed=cfg.seed + epoch,
         )
         for batch in batches:
-            loss, n = task.batch_loss(engine, batch)
+            loss, n = self.task.batch_loss(engine, batch)
             engine.backward(loss)
             before = engine.global_steps
             engine.step()
@@ -285,35 +321,33 @@ def train_func(config: dict) -> None:
             if step == before:
                 continue  # inside a gradient accumulation window
             rate = rows / max(time.monotonic() - t0, 1e-9)  # this worker's rows/s
-            metrics_out.on_step(step, value, n, rate)
-            if rank == 0 and cfg.log_every and step % cfg.log_every == 0:
-                done = (step - start_step) / max(time.monotonic() - started, 1e-9)
+            self.metrics_out.on_step(step, value, n, rate)
+            if self.rank == 0 and cfg.log_every and step % cfg.log_every == 0:
+                done = (step - self.start_step) / max(time.monotonic() - self.started, 1e-9)
                 progress(
-                    f"[train] step {step}/{total_steps} loss={value:.4f} "
-                    f"{rate * world:.0f} rows/s eta {(total_steps - step) / max(done, 1e-9):.0f}s"
+                    f"[train] step {step}/{self.total_steps} loss={value:.4f} "
+                    f"{rate * self.world:.0f} rows/s "
+                    f"eta {(self.total_steps - step) / max(done, 1e-9):.0f}s"
                 )
-        loss_sum, rows = _all_reduce_sum(loss_sum, rows)
-        elapsed = time.monotonic() - t0
-        metrics = {
-            "epoch": epoch,
-            "step": engine.global_steps,
-            "train_loss": loss_sum / max(rows, 1),
-            **task.validate(engine, val_shard),
-            "rows_per_s": rows / elapsed,
-        }
-        metrics_out.val.set(metrics[cfg.objective()[0]])
-        if log_metrics:
-            log_metrics(metrics, step=epoch)
-        if rank == 0:
-            done_epochs = epoch - start_epoch + 1
-            eta = (time.monotonic() - started) / done_epochs * (cfg.epochs - epoch - 1)
+        return loss_sum, rows
+
+    def _report(self, epoch: int, metrics: dict) -> None:
+        """The epoch's metrics to the job log, MLflow and Ray Train, with a checkpoint
+        every ``checkpoint_every`` epochs and at the last."""
+        cfg = self.cfg
+        self.metrics_out.val.set(metrics[cfg.objective()[0]])
+        if self.log_metrics:
+            self.log_metrics(metrics, step=epoch)
+        if self.rank == 0:
+            done_epochs = epoch - self.start_epoch + 1
+            eta = (time.monotonic() - self.started) / done_epochs * (cfg.epochs - epoch - 1)
             progress(
-                f"[train] epoch {epoch + 1}/{cfg.epochs} step {metrics['step']}/{total_steps} "
-                f"loss={metrics['train_loss']:.4f} {task.summary(metrics)} "
-                f"{metrics['rows_per_s']:.0f} rows/s eta {eta:.0f}s"
+                f"[train] epoch {epoch + 1}/{cfg.epochs} step {metrics['step']}/"
+                f"{self.total_steps} loss={metrics['train_loss']:.4f} "
+                f"{self.task.summary(metrics)} {metrics['rows_per_s']:.0f} rows/s eta {eta:.0f}s"
             )
         if epoch == cfg.epochs - 1 or (epoch + 1) % cfg.checkpoint_every == 0:
-            position = {"epoch": epoch, "step": engine.global_steps}
-            _save_checkpoint(engine, cfg, rank, world, metrics, position)
+            position = {"epoch": epoch, "step": self.engine.global_steps}
+            _save_checkpoint(self.engine, cfg, self.rank, self.world, metrics, position)
         else:
             ray.train.report(metrics)

@@ -11,9 +11,12 @@ from torch import nn
 
 from cluster import storage
 from cluster.settings import Settings
+from jobs._private.loop_config import LOOP_KEY, LoopConfig
 from jobs._private.train_loop import WEIGHTS, train_func
 from jobs.configs import TrainConfig
 from models.dataset import Manifest
+from models.refs import ModelVersionInfo
+from models.registry import Registry
 from models.weights import load_weights
 from models.zoo import build_model
 
@@ -30,8 +33,11 @@ def datasets(cfg: TrainConfig, manifest: Manifest) -> dict[str, ray.data.Dataset
     # Reading a shard is I/O and decoding, far from a core: a quarter CPU per read task keeps
     # the pipeline schedulable when the training workers and a Serve deployment already
     # hold nearly every CPU of the cluster (with the default 1 CPU it waited forever).
+    placed = {"label_selector": cfg.placement()} if cfg.datacenter else None
     out = {
-        split: ray.data.read_parquet(manifest.shard_uris(split), num_cpus=READ_TASK_CPUS)
+        split: ray.data.read_parquet(
+            manifest.shard_uris(split), num_cpus=READ_TASK_CPUS, ray_remote_args=placed
+        )
         for split in ("train", "val")
     }
     return {k: ds.materialize() for k, ds in out.items()} if cfg.cache_data else out
@@ -45,7 +51,8 @@ def make_trainer(
     *,
     storage_path: str | None = None,
     callbacks: list | None = None,
-    **extra,
+    teacher: ModelVersionInfo | None = None,
+    init_checkpoint: Checkpoint | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer running ``train_func`` for ``cfg`` on ``cfg.num_workers`` workers.
 
@@ -55,19 +62,26 @@ def make_trainer(
     Args:
         run_id: The MLflow run the loop logs epoch metrics to (rank 0), or None.
         callbacks: Ray Train callbacks, e.g. Tune's ``TuneReportCallback`` in a trial.
-        extra: Further keys of the loop's config (e.g. ``teacher``).
+        teacher: Distil from this version's soft targets (``LoopConfig.teacher``).
+        init_checkpoint: Start from this checkpoint unless the run has its own
+            (``LoopConfig.init_checkpoint``).
     """
+    registry = Registry.from_settings(settings)
+    loop = LoopConfig(
+        train=cfg,
+        steps_per_epoch=manifest.rows("train") // cfg.num_workers // cfg.batch_size,
+        tracking_uri=registry.tracking_uri,
+        artifact_root=registry.artifact_root,
+        mlflow_run_id=run_id,
+        teacher=teacher,
+        init_checkpoint=init_checkpoint,
+    )
     return TorchTrainer(
         train_func,
-        train_loop_config={
-            "train": cfg.to_dict(),
-            # drop_last in the loop: each rank takes this many steps per epoch.
-            "steps_per_epoch": manifest.rows("train") // cfg.num_workers // cfg.batch_size,
-            "mlflow_run_id": run_id,
-            "tracking_uri": settings.mlflow_uri,
-            **extra,
-        },
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
+        train_loop_config={LOOP_KEY: loop},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, label_selector=cfg.placement()
+        ),
         run_config=RunConfig(
             name=cfg.name,
             storage_path=storage_path or storage.join(settings.storage_root, "ray_train"),
@@ -88,7 +102,13 @@ def load_model(cfg: TrainConfig, checkpoint: Checkpoint) -> nn.Module:
 
 
 def fit(
-    cfg: TrainConfig, manifest: Manifest, settings: Settings, run_id: str, **extra
+    cfg: TrainConfig,
+    manifest: Manifest,
+    settings: Settings,
+    run_id: str,
+    *,
+    teacher: ModelVersionInfo | None = None,
 ) -> nn.Module:
     """Run the training function on ``cfg.num_workers`` Ray Train workers; return the model."""
-    return load_model(cfg, make_trainer(cfg, manifest, settings, run_id, **extra).fit().checkpoint)
+    trainer = make_trainer(cfg, manifest, settings, run_id, teacher=teacher)
+    return load_model(cfg, trainer.fit().checkpoint)

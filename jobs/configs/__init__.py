@@ -1,15 +1,19 @@
 """Typed run configurations and their named presets.
 
 A preset is a function returning a config; variants derive from a base with
-``dataclasses.replace``. ``python -m jobs.train --config <preset>`` picks one by name.
+``dataclasses.replace``. ``python -m jobs.train --config <preset>`` picks one by name and
+``--set key=value`` overrides its fields (``TrainConfig.with_overrides``), validated by
+pydantic like every config here.
 """
 
 from jobs.configs.train import PRESETS, ChampionGate, TrainConfig, preset
 from jobs.configs.tune import Param, TuneJobConfig
+from jobs.configs.validation import OverrideError
 
 __all__ = [
     "PRESETS",
     "ChampionGate",
+    "OverrideError",
     "Param",
     "TrainConfig",
     "TuneJobConfig",

@@ -7,7 +7,7 @@ same space also says how a trial's values mutate (``TuneJobConfig.mutations``).
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -30,6 +30,13 @@ class Param(BaseModel):
     high: float | None = Field(None, description="Upper bound (not for choice).")
     values: tuple[Scalar, ...] = Field((), description="The options of a choice.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, data: Any) -> Any:
+        # The command line's form (``--space lr=loguniform:1e-4:1e-2``) validates as the
+        # fields it stands for, so that a bad one is reported like any other field.
+        return _fields_of(data) if isinstance(data, str) else data
+
     @model_validator(mode="after")
     def _check(self) -> Param:
         if self.kind == "choice":
@@ -44,18 +51,7 @@ class Param(BaseModel):
     @classmethod
     def parse(cls, text: str) -> Param:
         """``loguniform:1e-4:1e-2``, ``uniform:0:0.3``, ``randint:1:5``, ``choice:16,32``."""
-        kind, _, rest = text.partition(":")
-        if kind == "choice":
-            return cls(kind=kind, values=tuple(_scalar(v) for v in rest.split(",") if v))
-        low, _, high = rest.partition(":")
-        try:
-            bounds = float(low), float(high)
-        except ValueError:
-            raise ValueError(
-                f"Bad domain {text!r}: write KIND:LOW:HIGH with KIND loguniform, uniform or "
-                "randint (loguniform:1e-4:1e-2), or choice:A,B,C."
-            ) from None
-        return cls(kind=kind, low=bounds[0], high=bounds[1])
+        return cls.model_validate(text)
 
     def domain(self):
         """This dimension as a Ray Tune search domain."""
@@ -66,6 +62,20 @@ class Param(BaseModel):
         if self.kind == "randint":
             return tune.randint(int(self.low), int(self.high))
         return getattr(tune, self.kind)(self.low, self.high)
+
+
+def _fields_of(text: str) -> dict:
+    kind, _, rest = text.partition(":")
+    if kind == "choice":
+        return {"kind": kind, "values": tuple(_scalar(v) for v in rest.split(",") if v)}
+    low, _, high = rest.partition(":")
+    try:
+        return {"kind": kind, "low": float(low), "high": float(high)}
+    except ValueError:
+        raise ValueError(
+            f"Bad domain {text!r}: write KIND:LOW:HIGH with KIND loguniform, uniform or "
+            "randint (loguniform:1e-4:1e-2), or choice:A,B,C."
+        ) from None
 
 
 def _scalar(text: str) -> Scalar:
@@ -143,13 +153,13 @@ class TuneJobConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> TuneJobConfig:
         base = self.base()  # an unknown preset or a bad override fails here, named
-        types = {f.name: type(getattr(base, f.name)) for f in fields(base)}
+        types = base.settable()
         fixed = {pair.partition("=")[0] for pair in self.overrides}
         for key in self.space:
-            if key == "name" or types.get(key) not in (int, float, bool, str):
+            if key not in types:
                 raise ValueError(
                     f"space: {key!r} is not a tunable field; use one of "
-                    f"{sorted(k for k, t in types.items() if t in (int, float) and k != 'name')}."
+                    f"{sorted(k for k, t in types.items() if t in (int, float))}."
                 )
             if key in fixed:
                 raise ValueError(f"space: {key!r} is also fixed with --set; keep one of the two.")
@@ -184,16 +194,13 @@ class TuneJobConfig(BaseModel):
     def base(self) -> TrainConfig:
         """The preset with the fixed overrides; each trial checkpoints every epoch, so that
         a stopped or interrupted trial keeps its last epoch."""
-        return preset(self.config).with_overrides([*self.overrides, "checkpoint_every=1"])
+        return replace(preset(self.config).with_overrides(self.overrides), checkpoint_every=1)
 
     def trial(self, trial_id: str, params: dict) -> TrainConfig:
-        """The TrainConfig of trial ``trial_id`` with its sampled ``params``."""
-        pairs = [
-            f"{key}={value!r}" if isinstance(value, float) else f"{key}={value}"
-            for key, value in params.items()
-            if key in self.space
-        ]
-        return self.base().with_overrides([*pairs, f"name={self.name}-{trial_id}"])
+        """The TrainConfig of trial ``trial_id`` with its sampled ``params`` (validated as
+        the fields' types, as any TrainConfig)."""
+        values = {key: value for key, value in params.items() if key in self.space}
+        return replace(self.base(), **values, name=f"{self.name}-{trial_id}")
 
     def param_space(self) -> dict:
         return {key: param.domain() for key, param in self.space.items()}

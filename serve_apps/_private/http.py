@@ -1,9 +1,10 @@
-"""HTTP plumbing of the gateway: typed errors, request ids and a capped body reader."""
+"""HTTP plumbing of the gateway: typed errors, request ids and a capped, strict body reader."""
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 import uuid
 
 from fastapi import Request
@@ -12,6 +13,8 @@ from pydantic import ValidationError
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_MAX_DETAIL_CHARS = 300  # a detail may quote the request (a key, a field's path)
+_MAX_QUOTED_KEY_CHARS = 40
 
 
 class ApiError(Exception):
@@ -37,10 +40,18 @@ def safe_request_id(given: str) -> str:
 
 def error_response(err: ApiError, rid: str | None) -> JSONResponse:
     return JSONResponse(
-        {"error": err.code, "detail": err.detail, "request_id": rid},
+        {"error": err.code, "detail": _safe_detail(err.detail), "request_id": rid},
         status_code=err.status,
         headers=err.headers,  # X-Request-ID is added by the gateway's middleware
     )
+
+
+def _safe_detail(detail: str) -> str:
+    """Short, and encodable: a lone surrogate (JSON's "\\ud800") quoted from a request has
+    no UTF-8 form, and JSONResponse would fail to render the error (a 500 instead)."""
+    if len(detail) > _MAX_DETAIL_CHARS:
+        detail = detail[: _MAX_DETAIL_CHARS - 3] + "..."
+    return detail.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 async def read_json_body(request: Request, cap: int) -> object:
@@ -48,7 +59,7 @@ async def read_json_body(request: Request, cap: int) -> object:
 
     413 when the body exceeds ``cap`` bytes, whether or not Content-Length is sent (a
     chunked body is counted as it arrives); 415 unless the content type is JSON; 422 for
-    an empty body; 400 for malformed JSON.
+    an empty body; 400 for malformed JSON (see ``parse_json``).
     """
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
@@ -63,10 +74,56 @@ async def read_json_body(request: Request, cap: int) -> object:
             raise ApiError(413, "body_too_large", f"Request body exceeds {cap} bytes.")
     if not body.strip():
         raise ApiError(422, "invalid_input", 'Empty body: send {"instances": [[...], ...]}.')
+    return parse_json(body)
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """An object's members, refusing a key given twice. Python's json keeps the last one,
+    other parsers (a proxy, a WAF, a client library) the first: two readers of the same
+    body would disagree on what it says."""
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return members
+
+
+def parse_json(body: bytes | bytearray) -> object:
+    """``body`` as JSON, or a 400 naming what the parser refused: a syntax error, bytes
+    that are not UTF-8, a key given twice in one object, nesting deeper than Python's
+    recursion limit, an integer longer than ``sys.get_int_max_str_digits()`` digits.
+
+    Values the parser takes are left to the schemas: ``1e999`` reads as infinity and
+    ``NaN`` as NaN (both refused with a 422 where a finite number is expected), and a
+    string may hold a lone surrogate (``"\\ud800"``: pydantic refuses it in ``str``
+    fields). Checking those here would walk every value of every body.
+    """
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ApiError(400, "malformed_json", f"Malformed JSON: {err}.") from None
+        # One hook call per JSON object: one per request for the gateway's bodies.
+        return json.loads(body, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        detail = "nested too deeply"
+    except _DuplicateKey as err:
+        detail = f"duplicate key {_quoted(err.key)}; send each key once"
+    except UnicodeDecodeError:
+        detail = "not UTF-8 text"
+    except json.JSONDecodeError as err:
+        detail = str(err)
+    except ValueError:  # int(): the digits limit against quadratic-time conversions
+        detail = f"an integer of more than {sys.get_int_max_str_digits()} digits"
+    raise ApiError(400, "malformed_json", f"Malformed JSON: {detail}.")
+
+
+def _quoted(key: str) -> str:
+    if len(key) > _MAX_QUOTED_KEY_CHARS:
+        return repr(key[:_MAX_QUOTED_KEY_CHARS]) + "..."
+    return repr(key)  # repr escapes what is not printable, lone surrogates included
 
 
 def validation_message(err: ValidationError, limit: int = 3) -> str:

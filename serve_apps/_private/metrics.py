@@ -2,9 +2,11 @@
 reach Prometheus through each node's metrics agent and show on the Ray dashboard, with the
 deployment, replica and application tags Serve adds).
 
-    aimass_requests_total{model, version, key, status}    answers by HTTP status
-    aimass_request_latency_ms{model, version}              time to the answer's first byte
+    aimass_requests_total{model, version, key, status, datacenter}   answers by HTTP status
+    aimass_request_latency_ms{model, version, datacenter}  time to the answer's first byte
     aimass_rejections_total{reason, key}                   4xx/5xx by error code
+    aimass_datacenter_answers_total{origin, served}        answers by where they entered and
+                                                           where they were served (spillover)
     aimass_batch_size{model, version}                      requests per ONNX Runtime call
 
 The release controller exports the canary share (``aimass_release_candidate_share``).
@@ -17,6 +19,7 @@ import functools
 
 from fastapi import Request
 
+DATACENTER_ANSWERS = "aimass_datacenter_answers"
 LATENCY_BUCKETS_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
@@ -27,19 +30,26 @@ class GatewayMetrics:
 
         self.requests = Counter(
             "aimass_requests",
-            description="Model API answers by model, version, API key id and HTTP status.",
-            tag_keys=("model", "version", "key", "status"),
+            description="Model API answers by model, version, API key id, HTTP status and the "
+            "datacenter that answered (empty when none did).",
+            tag_keys=("model", "version", "key", "status", "datacenter"),
         )
         self.latency = Histogram(
             "aimass_request_latency_ms",
             description="Gateway time to the first byte of the answer, in milliseconds.",
             boundaries=LATENCY_BUCKETS_MS,
-            tag_keys=("model", "version"),
+            tag_keys=("model", "version", "datacenter"),
         )
         self.rejections = Counter(
             "aimass_rejections",
             description="Requests answered with an error, by error code and API key id.",
             tag_keys=("reason", "key"),
+        )
+        self.placement = Counter(
+            DATACENTER_ANSWERS,
+            description="Model answers by the datacenter a request came from and the one "
+            "that served it (they differ when it spilled over).",
+            tag_keys=("origin", "served"),
         )
 
     def observe(self, request: Request, status: int, seconds: float) -> None:
@@ -47,11 +57,22 @@ class GatewayMetrics:
         model = getattr(state, "model", "")
         version = str(getattr(state, "version", ""))
         key = getattr(state, "key", "")
+        dc = getattr(state, "region", None) or ""
         self.requests.inc(
-            tags={"model": model, "version": version, "key": key, "status": str(status)}
+            tags={
+                "model": model,
+                "version": version,
+                "key": key,
+                "status": str(status),
+                "datacenter": dc,
+            }
         )
         if status < 400:
-            self.latency.observe(seconds * 1e3, tags={"model": model, "version": version})
+            tags = {"model": model, "version": version, "datacenter": dc}
+            self.latency.observe(seconds * 1e3, tags=tags)
+            origin = getattr(state, "origin", None)
+            if origin and dc:
+                self.placement.inc(tags={"origin": origin, "served": dc})
         else:
             self.rejections.inc(tags={"reason": getattr(state, "error", str(status)), "key": key})
 

@@ -12,3 +12,4 @@ import numpy as np
 class Prediction:
     version: int
     probabilities: np.ndarray  # (n, num_classes)
+    region: str | None = None  # the datacenter of the replica that answered

@@ -9,6 +9,7 @@ import json
 import os
 import random
 import secrets
+import shlex
 import subprocess
 import sys
 import threading
@@ -43,23 +44,52 @@ class Served:
         return f"{self.settings.serve_url}/v1/models/digits/predict"
 
 
+def run_in_user_shell(
+    script: str, home: Path, repo: Path, env: dict[str, str] | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess:
+    """Run ``script`` with bash in ``repo`` as a user's new shell would, after the README's
+    `source .venv/bin/activate`: what `env -i PATH=… HOME=…` leaves (PATH without this venv,
+    HOME ``home``), plus ``env`` (the test cluster's AIMASS_* ports), nothing else."""
+    venv_bin = Path(sys.prefix) / "bin"
+    assert (repo / ".venv").resolve() == Path(sys.prefix).resolve(), f"tests run in {sys.prefix}"
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != venv_bin)
+    return subprocess.run(
+        ["bash", "-c", f"source .venv/bin/activate\n{script}"],
+        cwd=repo,
+        env={"PATH": path, "HOME": str(home), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def user_home(settings: Settings) -> Path:
+    """A HOME whose ~/.ray/auth_token (where Ray's CLIs look) is the cluster's token."""
+    home = settings.home / "user-home"
+    token = home / ".ray" / "auth_token"
+    if not os.path.lexists(token):
+        token.parent.mkdir(parents=True, exist_ok=True)
+        token.symlink_to(settings.token_path)
+    return home
+
+
 def ray_job_submit(
     settings: Settings, repo: Path, *entrypoint: str, expect_ok: bool = True
 ) -> subprocess.CompletedProcess:
-    """`ray job submit --address … --working-dir . -- <entrypoint>`, as the README says."""
-    ray_cli = str(Path(sys.executable).with_name("ray"))
-    cmd = [ray_cli, "job", "submit", "--address", settings.dashboard_url, "--working-dir", "."]
-    proc = subprocess.run(
-        [*cmd, "--", *entrypoint],
-        cwd=repo,
-        env=os.environ,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    """`ray job submit --address … --working-dir . -- <entrypoint>`, as the README says, from
+    a user's shell (``run_in_user_shell``): the job commands of the README work as written."""
+    command = f"ray job submit --address {settings.dashboard_url} --working-dir . -- "
+    proc = run_in_user_shell(command + shlex.join(entrypoint), user_home(settings), repo)
     if expect_ok:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
+
+
+@pytest.fixture(scope="session")
+def user_shell():
+    """``user_shell(script, home, repo, env=None)``: ``run_in_user_shell``, for tests that run
+    the README's own shell blocks."""
+    return run_in_user_shell
 
 
 @pytest.fixture(scope="session")

@@ -90,10 +90,13 @@ def test_a_revoked_key_is_refused_by_the_running_gateway(served):
     # 4x/s per gateway replica); the timeout leaves room for a loaded CI machine.
     wait_for_condition(lambda: steadily(200), timeout=30)
     store.revoke(record.id)
+    # S3: the store the CLI wrote, and the revoke rewrote, is its owner's alone.
+    assert Path(store.uri).stat().st_mode & 0o777 == 0o600
     # Every replica refuses it once its cache entry expires (TTL 2 s): 403, revoked.
     wait_for_condition(lambda: steadily(403), timeout=30)
 
 
+DEEP = "[" * 5000 + "]" * 5000
 BIG = b'{"instances": [[' + b",".join([b"1"] * 64) + b"]]" + b" " * (1 << 20) + b"}"
 BAD_BODIES = [
     ("wrong shape", f'{{"instances": [[{ROW},1]]}}', "application/json", 422),
@@ -113,6 +116,29 @@ BAD_BODIES = [
     ("no content type", f'{{"instances": [[{ROW}]]}}', None, 415),
     ("empty body", "", "application/json", 422),
     ("body over the cap", BIG, "application/json", 413),
+    # B9: the JSON parser's limits
+    ("nested 5000 deep", '{"instances": ' + DEEP + "}", "application/json", 400),
+    (
+        "an integer of 5000 digits",
+        '{"instances": [[1' + "0" * 5000 + "]]}",
+        "application/json",
+        400,
+    ),
+    (
+        "a duplicate key",
+        f'{{"instances": [[{ROW}]], "instances": [[{ROW}]]}}',
+        "application/json",
+        400,
+    ),
+    (
+        "a huge exponent",
+        '{"instances": [[' + ",".join(["1e999"] * 64) + "]]}",
+        "application/json",
+        422,
+    ),
+    ("a lone surrogate", '{"instances": [["\\ud800"' + ",1" * 63 + "]]}", "application/json", 422),
+    ("a lone surrogate key", f'{{"instances": [[{ROW}]], "\\udfff": 1}}', "application/json", 422),
+    ("raw surrogate bytes", b'{"instances": [["\xed\xa0\x80"]]}', "application/json", 422),
 ]
 
 
@@ -122,6 +148,24 @@ def test_bad_bodies_get_a_short_4xx(served, case, body, content_type, status):
     assert r.status_code == status, f"{case}: {r.status_code} {r.text[:300]}"
     detail = r.json()["detail"]
     assert len(detail) < 400 and "Traceback" not in detail
+
+
+FEEDBACK_PARSER_LIMITS = [
+    ('{"request_id": "r", "labels": ' + DEEP + "}", 400),
+    ('{"request_id": "r", "labels": [1' + "0" * 5000 + "]}", 400),
+    ('{"request_id": "r", "labels": [1], "labels": [2]}', 400),
+    ('{"request_id": "r", "labels": [1e999]}', 422),
+    ('{"request_id": "\\ud800", "labels": [1]}', 422),
+]
+
+
+def test_feedback_bodies_past_the_parser_limits_get_a_short_4xx(served):
+    url = f"{served.settings.serve_url}/v1/models/digits/feedback"
+    for body, status in FEEDBACK_PARSER_LIMITS:
+        r = post(url, body, served.key)
+        assert r.status_code == status, f"{body[:60]}: {r.status_code} {r.text[:300]}"
+        assert len(r.json()["detail"]) < 400 and "Traceback" not in r.text
+    assert httpx.get(f"{served.settings.serve_url}/healthz", timeout=10).status_code == 200
 
 
 def test_body_over_the_cap_without_content_length_gets_413(served):
@@ -154,6 +198,11 @@ def test_service_stays_healthy_after_bad_input(served):
 def test_openapi_documents_the_routes(served):
     spec = httpx.get(f"{served.settings.serve_url}/openapi.json", timeout=10).json()
     assert "/v1/models/{name}/predict" in spec["paths"] and "/v1/models" in spec["paths"]
+    for path, methods in spec["paths"].items():
+        if path.startswith("/v1/"):  # the key headers, on every model route
+            for operation in methods.values():
+                headers = {p["name"] for p in operation["parameters"] if p["in"] == "header"}
+                assert headers == {"authorization", "x-api-key"}, (path, headers)
 
 
 def test_moving_the_champion_alias_is_served_without_a_redeploy(served):

@@ -93,3 +93,22 @@ def test_promote_then_rollback_with_the_cli(served, int8_version):
     assert served.registry.resolve("digits@champion").version == served.version
     history = cli("history", "digits", "--alias", "champion")
     assert "e2e: int8 passed its gates" in history and "e2e: back to the trained model" in history
+
+
+def test_train_submission_applies_set_overrides_and_refuses_a_bad_one(served, submit):
+    """The documented train command with ``--set`` overrides of a preset, cast to its typed
+    config (an int, a bool and a str), registered under a name of its own so that the
+    ``digits`` champion the other tests use stays where it is."""
+    out = submit("python", "-m", "jobs.train", "--config", "digits_cnn_smoke",
+                 "--name", "smoke-e2e", "--set", "epochs=2", "--set", "num_workers=1",
+                 "--set", "augment=false", "--set", "register_as=digits_smoke").stdout  # fmt: skip
+    assert "[train] run smoke-e2e (mlflow " in out and "1 workers, ZeRO-2" in out, out[-3000:]
+    assert "[train] epoch 2/2 " in out and "[train] epoch 3/" not in out, out[-3000:]
+    assert "[train] registered digits_smoke version 1" in out, out[-3000:]
+    assert served.registry.resolve("digits@champion").version == served.version
+    bad = submit("python", "-m", "jobs.train", "--config", "digits_cnn_smoke",
+                 "--set", "use_gpu=ture", expect_ok=False)  # fmt: skip
+    log = bad.stdout + bad.stderr  # the job's log, and the ray CLI's own lines
+    assert bad.returncode != 0
+    assert "error: --set use_gpu='ture': Input should be a valid boolean" in log, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]

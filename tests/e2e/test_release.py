@@ -1,5 +1,6 @@
 """Releases over real HTTP: a bad candidate is rolled back with no human action, a good one
-reaches 100 %, and no client request fails during either switch; pinned versions, feedback.
+reaches 100 %, and no client request fails during either switch; an operator follows and
+aborts one with `aimass release`; pinned versions, feedback.
 
 Each release is a real `ray job submit ... -- python -m jobs.release` while a bounded client
 load (loopback, a ledger of every request) runs against the gateway.
@@ -7,6 +8,8 @@ load (loopback, a ledger of every request) runs against the gateway.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -127,6 +130,32 @@ def test_a_good_candidate_reaches_full_traffic_with_no_failed_request(served, su
     wait_for_version(served.settings, served.key, "digits", good)
     served.registry.promote("digits", before, reason="e2e: restore the session's champion")
     wait_for_version(served.settings, served.key, "digits", before)
+
+
+def _aimass(*args: str) -> subprocess.CompletedProcess:
+    aimass = str(Path(sys.executable).with_name("aimass"))
+    return subprocess.run([aimass, *args], capture_output=True, text=True, timeout=180)
+
+
+def test_an_operator_follows_and_aborts_a_release_with_the_cli(served, submit):
+    champion = served.registry.resolve("digits@champion").version
+    candidate = _register_copy_of_champion(served)
+    flags = ("--candidate", str(candidate), "--mode", "ab", "--weight", "20", "--no-wait")
+    started = submit("python", "-m", "jobs.release", "--model", "digits", *flags)
+    assert f"ab of v{candidate} against champion v{champion}" in started.stdout
+    status = _aimass("release", "status", "digits")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "running" in status.stdout and "A/B split at 20 %" in status.stdout, status.stdout
+    aborted = _aimass("release", "abort", "digits", "--reason", "e2e: the split is done")
+    out = aborted.stdout
+    assert aborted.returncode == 0, out + aborted.stderr
+    assert f"v{candidate} rolled back" in out and "e2e: the split is done" in out, out
+    again = _aimass("release", "abort", "digits")
+    assert again.returncode == 1 and "No release of digits is running" in again.stdout
+    assert "aborted" in _aimass("release", "status").stdout
+    assert served.registry.resolve("digits@champion").version == champion
+    with pytest.raises(Exception, match="candidate"):
+        served.registry.resolve("digits@candidate")
 
 
 def _predict(served, url: str, rid: str | None = None, rows: int = 3) -> httpx.Response:

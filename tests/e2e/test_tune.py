@@ -24,8 +24,8 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 
 from cluster import storage
 from cluster.settings import Settings
+from jobs import TUNE_EXPERIMENT_TAG, TUNE_TRIAL_TAG
 from jobs.ingest import IngestConfig, ingest
-from jobs.tune import EXPERIMENT_TAG, TRIAL_TAG
 from models.refs import CANDIDATE, DATA_TAG, GIT_TAG
 from models.registry import Registry
 
@@ -61,13 +61,13 @@ def trial_runs(registry: Registry) -> list:
     """Every MLflow run of the experiment's trials."""
     return registry.client.search_runs(
         [registry.experiment("digits")],
-        filter_string=f"tags.`{EXPERIMENT_TAG}` = '{NAME}' and tags.`{TRIAL_TAG}` != ''",
+        filter_string=f"tags.`{TUNE_EXPERIMENT_TAG}` = '{NAME}' and tags.`{TUNE_TRIAL_TAG}` != ''",
     )
 
 
 def finished_runs(registry: Registry) -> dict:
     runs = trial_runs(registry)
-    return {r.data.tags[TRIAL_TAG]: r for r in runs if r.info.status == "FINISHED"}
+    return {r.data.tags[TUNE_TRIAL_TAG]: r for r in runs if r.info.status == "FINISHED"}
 
 
 @pytest.fixture(scope="module")
@@ -105,15 +105,15 @@ def test_tune_registers_the_best_trial_as_candidate(interrupted, local_cluster, 
     trial_run = registry.client.get_run(candidate.run_id)
     parent = trial_run.data.tags["mlflow.parentRunId"]
     assert registry.client.get_run(parent).info.status == "FINISHED"
-    assert candidate.tags[EXPERIMENT_TAG] == NAME
-    assert candidate.tags[TRIAL_TAG] == trial_run.data.tags[TRIAL_TAG]
+    assert candidate.tags[TUNE_EXPERIMENT_TAG] == NAME
+    assert candidate.tags[TUNE_TRIAL_TAG] == trial_run.data.tags[TUNE_TRIAL_TAG]
     assert candidate.tags[DATA_TAG] and candidate.tags[GIT_TAG] and candidate.manifest_sha256
 
     folder = Path(local_cluster.storage_root) / "ray_tune" / NAME
     assert (folder / "tune_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with (folder / "tune_summary.csv").open() as f:
         rows = list(csv.DictReader(f))
-    (best,) = [row for row in rows if row["trial"] == candidate.tags[TRIAL_TAG]]
+    (best,) = [row for row in rows if row["trial"] == candidate.tags[TUNE_TRIAL_TAG]]
     assert len(rows) == SAMPLES and best["last_val_accuracy"] == rows[0]["last_val_accuracy"]
     assert "[tune] | trial | status |" in out  # the table, in the job log too
     logged = {a.path for a in registry.client.list_artifacts(parent)}
@@ -125,12 +125,12 @@ def test_killed_driver_restores_and_no_finished_trial_runs_again(
 ):
     """F7: every trial ended exactly once; the ones finished before the kill never ran again."""
     runs = trial_runs(registry)
-    trials = [r.data.tags[TRIAL_TAG] for r in runs]
+    trials = [r.data.tags[TUNE_TRIAL_TAG] for r in runs]
     assert len(trials) == SAMPLES == len(set(trials)), trials  # one run per trial, ever
     statuses = {r.info.run_name: r.info.status for r in runs}
     assert set(statuses.values()) == {"FINISHED"}, statuses
     for run in runs:
-        trial = run.data.tags[TRIAL_TAG]
+        trial = run.data.tags[TUNE_TRIAL_TAG]
         if trial in interrupted.finished_before:
             assert run.info.end_time == interrupted.finished_before[trial].info.end_time
             after = registry.client.get_metric_history(run.info.run_id, "val_accuracy")
@@ -173,4 +173,4 @@ def test_pbt_restarts_a_weak_trial_from_a_strong_ones_checkpoint(submit, registr
 
     candidate = registry.resolve(f"digits@{CANDIDATE}")
     assert f"alias candidate -> digits version {candidate.version}" in out, out[-3000:]
-    assert candidate.tags[EXPERIMENT_TAG] == PBT_NAME
+    assert candidate.tags[TUNE_EXPERIMENT_TAG] == PBT_NAME

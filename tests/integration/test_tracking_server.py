@@ -19,7 +19,7 @@ from ray._common.test_utils import wait_for_condition
 
 from cluster.cli.aimass import main
 from cluster.local import free_port
-from models import package
+from models import lineage, package
 from models.refs import CHAMPION, GIT_TAG
 from models.registry import Registry
 
@@ -105,7 +105,9 @@ def test_register_promote_fetch_and_history_through_the_server(
     assert folder.is_relative_to(tmp_path / "fetched")  # downloaded, verified on the way
     assert package.PackageConfig.read(folder).metrics == {"accuracy": 0.9}
     assert registry.alias_history("digits") == [event]
-    assert registry.diff("digits@1", "digits@champion")["metrics"] == {"accuracy": (0.9, 0.9)}
+    assert lineage.diff(registry, "digits@1", "digits@champion")["metrics"] == {
+        "accuracy": (0.9, 0.9)
+    }
 
     # the CLI, pointed at the server by the settings
     monkeypatch.setenv("AIMASS_HOME", str(tmp_path / "home"))

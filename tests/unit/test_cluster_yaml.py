@@ -1,4 +1,5 @@
-"""cluster.yaml: valid for Ray's cluster launcher, head runs no work, two labelled datacenters.
+"""cluster.yaml: valid for Ray's cluster launcher, head runs no work, two labelled datacenters,
+the same topology as the KubeRay manifests (cluster/kuberay/).
 
 Validation calls Ray's own launcher check (the JSON schema in ray/autoscaler/ray-schema.json
 plus its cross-field rules); nothing here starts Ray or contacts a cloud.
@@ -16,12 +17,13 @@ import yaml
 from ray._private.label_utils import validate_node_labels
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from cluster.topology import REGION_ENV, ZONE_ENV, Datacenter
+from cluster.topology import REGION_ENV, REGION_LABEL, ZONE_ENV, ZONE_LABEL, Datacenter
 
 pytestmark = pytest.mark.unit
 
-CLUSTER_YAML = Path(__file__).resolve().parents[2] / "cluster.yaml"
-REQUIRED_WORKER_TYPES = ("ray.worker.cpu", "ray.worker.gpu")
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER_YAML = ROOT / "cluster.yaml"
+KUBERAY = ROOT / "cluster" / "kuberay" / "raycluster.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +52,10 @@ def _worker_types(config: dict) -> list[str]:
     return [name for name in config["available_node_types"] if name != config["head_node_type"]]
 
 
+def _is_gpu(config: dict, node_type: str) -> bool:
+    return config["available_node_types"][node_type]["resources"].get("GPU", 0) >= 1
+
+
 def test_raw_config_passes_ray_launcher_validation(config: dict) -> None:
     validate_config(config)
 
@@ -61,7 +67,7 @@ def test_config_with_ray_defaults_passes_validation(config: dict) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    [(), ("available_node_types", "ray.worker.cpu"), ("provider", "security_group")],
+    [(), ("available_node_types", "ray.worker.cpu.eu-west-a"), ("provider", "security_group")],
     ids=["top-level", "node-type", "provider.security_group"],
 )
 def test_validator_rejects_unknown_keys(config: dict, path: tuple[str, ...]) -> None:
@@ -81,11 +87,10 @@ def test_head_runs_no_work(config: dict) -> None:
     assert head["resources"].get("GPU", 0) == 0
 
 
-def test_required_worker_types_exist(config: dict) -> None:
-    workers = _worker_types(config)
-    for name in REQUIRED_WORKER_TYPES:
-        assert name in workers
-    assert config["available_node_types"]["ray.worker.gpu"]["resources"].get("GPU", 0) >= 1
+def test_worker_types_are_named_after_their_kind_and_datacenter(config: dict) -> None:
+    for name in _worker_types(config):
+        kind = "gpu" if _is_gpu(config, name) else "cpu"
+        assert name == f"ray.worker.{kind}.{_datacenter(config, name).region}"
 
 
 def test_worker_types_span_two_datacenters(config: dict) -> None:
@@ -94,11 +99,37 @@ def test_worker_types_span_two_datacenters(config: dict) -> None:
     # Every datacenter has both CPU and GPU workers.
     for region in {dc.region for dc in datacenters.values()}:
         types = [n for n, dc in datacenters.items() if dc.region == region]
-        kinds = {
-            "gpu" if config["available_node_types"][n]["resources"].get("GPU") else "cpu"
-            for n in types
-        }
+        kinds = {"gpu" if _is_gpu(config, n) else "cpu" for n in types}
         assert kinds == {"cpu", "gpu"}, (region, types)
+
+
+def test_describes_the_same_topology_as_the_kuberay_manifests(config: dict) -> None:
+    """The same datacenters (regions and zones), head's included, and per datacenter the same
+    CPU and GPU roles with the same scaling bounds as cluster/kuberay/ (whose test checks that
+    its RayService shares the RayCluster's topology)."""
+    spec = yaml.safe_load(KUBERAY.read_text())["spec"]
+
+    def labelled(labels: dict) -> Datacenter:
+        return Datacenter(region=labels[REGION_LABEL], zone=labels[ZONE_LABEL])
+
+    def gpus(group: dict) -> int:
+        ray_container = group["template"]["spec"]["containers"][0]
+        return int(ray_container["resources"].get("limits", {}).get("nvidia.com/gpu", 0))
+
+    groups = {
+        (labelled(g["labels"]), gpus(g) >= 1): (g["minReplicas"], g["maxReplicas"])
+        for g in spec["workerGroupSpecs"]
+    }
+    types = {
+        (_datacenter(config, n), _is_gpu(config, n)): (
+            config["available_node_types"][n]["min_workers"],
+            config["available_node_types"][n]["max_workers"],
+        )
+        for n in _worker_types(config)
+    }
+    assert types == groups
+    head = _datacenter(config, config["head_node_type"])
+    assert head == labelled(spec["headGroupSpec"]["labels"])
 
 
 def test_start_commands_load_labels_and_use_token_auth(config: dict) -> None:

@@ -1,7 +1,9 @@
+from dataclasses import replace
+
 import pytest
 from pydantic import ValidationError
 
-from jobs.configs import PRESETS, TrainConfig, preset
+from jobs.configs import PRESETS, OverrideError, TrainConfig, preset
 from serve_apps._private.http import validation_message
 from serve_apps.schemas import PredictorConfig, PredictRequest
 
@@ -12,14 +14,59 @@ def test_every_preset_builds():
 
 
 def test_overrides_are_cast_to_field_types():
-    cfg = preset("digits_cnn").with_overrides(["epochs=3", "lr=0.01", "cache_data=false"])
-    assert (cfg.epochs, cfg.lr, cfg.cache_data) == (3, 0.01, False)
+    pairs = ["epochs=3", "lr=0.01", "cache_data=false", "use_gpu=yes", "augment=0"]
+    cfg = preset("digits_cnn").with_overrides(pairs)
+    assert (cfg.epochs, cfg.lr, cfg.cache_data, cfg.use_gpu, cfg.augment) == (
+        3, 0.01, False, True, False
+    )  # fmt: skip
+    assert isinstance(cfg, TrainConfig) and cfg.name == "digits_cnn"
 
 
-@pytest.mark.parametrize("pair", ["epochs", "nosuch=1", "model_options=x"])
-def test_bad_overrides_name_the_fix(pair):
-    with pytest.raises(ValueError, match="key=value"):
+@pytest.mark.parametrize(
+    ("pair", "message"),
+    [
+        (
+            "use_gpu=ture",
+            r"^use_gpu='ture': Input should be a valid boolean.*accepted: true, false",
+        ),
+        ("epochs=x", r"^epochs='x': Input should be a valid integer.*use a whole number"),
+        ("lr=fast", r"^lr='fast': Input should be a valid number"),
+        ("zero_stage=4", r"^zero_stage='4': Input should be less than or equal to 3$"),
+        ("epochs", r"^'epochs': write KEY=VALUE, e.g. epochs=5$"),
+        ("nosuch=1", r"^nosuch='1': no such key; use one of architecture, augment, batch_size,"),
+        ("model_options=x", "model_options='x': no such key"),  # not a scalar
+        ("name=x", "name='x': no such key"),  # a job's --name
+    ],
+)
+def test_bad_overrides_name_the_key_the_value_and_the_fix(pair, message):
+    with pytest.raises(OverrideError, match=message) as err:
         preset("digits_cnn").with_overrides([pair])
+    assert "\n" not in str(err.value)
+
+
+def test_an_override_that_breaks_a_check_across_fields_is_named():
+    with pytest.raises(OverrideError, match="^zero_stage='0': offload_optimizer needs ZeRO >= 1"):
+        preset("digits_cnn_offload").with_overrides(["zero_stage=0"])
+
+
+def test_a_config_built_in_code_is_validated_too():
+    with pytest.raises(ValidationError, match="epochs"):
+        TrainConfig(name="x", epochs="many")
+    with pytest.raises(ValidationError, match="Unknown architecture 'nope'"):
+        TrainConfig(name="x", architecture="nope")
+    with pytest.raises(ValidationError, match="num_workers"):
+        replace(preset("digits_cnn"), num_workers=0)
+
+
+def test_a_config_pickles_unchanged_as_ray_ships_it_to_workers():
+    import cloudpickle
+
+    from jobs._private.loop_config import LoopConfig
+
+    loop = LoopConfig(
+        train=preset("gpt_tiny"), steps_per_epoch=7, tracking_uri="sqlite:///x", artifact_root="y"
+    )
+    assert cloudpickle.loads(cloudpickle.dumps(loop)) == loop
 
 
 def test_invalid_config_values_are_refused():

@@ -90,3 +90,17 @@ def test_text_splits_put_each_file_in_exactly_one_split():
     }
     assert all(len(where) == 1 for where in homes.values()), homes
     assert all(len(seqs) for seqs in splits.values())  # every split got some files
+
+
+def test_text_rows_are_shuffled_so_a_prefix_of_a_split_samples_all_its_files():
+    from jobs.ingest import IngestConfig, text_splits
+
+    files = [(f"pkg/mod{i:02d}.py", bytes([65 + i]) * 300) for i in range(26)]  # one letter each
+    cfg = IngestConfig(dataset="python_stdlib", block_size=16)
+    for split, seqs in text_splits(files, cfg).items():
+        letters = set(np.unique(seqs)) - {ord("\n")}
+        # In path order a quarter of the rows would hold about a quarter of the files.
+        prefix = set(np.unique(seqs[: len(seqs) // 4])) - {ord("\n")}
+        assert len(prefix) >= 0.8 * len(letters), (split, len(prefix), len(letters))
+    again = text_splits(files, cfg)
+    assert all(np.array_equal(again[s], seqs) for s, seqs in text_splits(files, cfg).items())

@@ -138,3 +138,21 @@ def test_cli_creates_and_lists_keys_with_scope_and_quota(settings_env, capsys):
     cli.main(["keys", "list"])
     listed = capsys.readouterr().out
     assert "metered" in listed and "50/s, burst 100" in listed and key not in listed
+
+
+def _mode(path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_the_key_store_is_readable_by_its_owner_only_after_every_write(store, tmp_path):
+    """S3: 0600 like the cluster token, on create and when a revoke rewrites the file; a
+    file an older version left 0644 is tightened by the next write."""
+    path = tmp_path / "gateway" / "api_keys.json"
+    _, record = store.create("alice")
+    assert _mode(path) == 0o600
+    path.chmod(0o644)
+    store.revoke(record.id)
+    assert _mode(path) == 0o600 and store.records()[record.id].revoked
+    store.create("bob")
+    assert _mode(path) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["api_keys.json"]  # no temp file left

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
+from jobs._private.train_loop import lm_loss
 from jobs.configs import PRESETS, preset
 from jobs.train import check_data
-from models.evaluation import language_model_metrics
+from models.evaluation import language_model_metrics, next_token_nats
 from models.gpt import GPT_PRESETS
 
 
@@ -32,14 +32,17 @@ def test_champion_gates_by_task():
     assert cls_gate.metric == "accuracy" and cls_gate.passes(0.99) and not cls_gate.passes(0.5)
 
 
-def test_language_model_metrics_match_torch_cross_entropy():
+def test_the_loss_metric_is_the_training_objective_summed_over_batches():
     rng = np.random.default_rng(0)
-    logits = rng.normal(size=(3, 5, 256)).astype(np.float32)
+    logits = rng.normal(scale=3.0, size=(3, 5, 256)).astype(np.float32)
     targets = rng.integers(0, 256, size=(3, 5))
-    got = language_model_metrics(logits, targets)
-    expected = F.cross_entropy(
-        torch.from_numpy(logits).flatten(0, 1), torch.from_numpy(targets).flatten()
-    ).item()
+    # Rows 0-1 and row 2 as two batches of unequal size: sums add up, means would not.
+    first, second = (
+        next_token_nats(logits[:2], targets[:2]),
+        next_token_nats(logits[2:], targets[2:]),
+    )
+    got = language_model_metrics(first[0] + second[0], first[1] + second[1])
+    expected = lm_loss(torch.from_numpy(logits), torch.from_numpy(targets)).item()
     assert got["loss"] == pytest.approx(expected, rel=1e-5)
     assert got["perplexity"] == pytest.approx(np.exp(expected), rel=1e-5)
     assert got["tokens"] == 15

@@ -6,7 +6,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from cluster.cli.aimass import main
-from models import package
+from models import lineage, package
 from models import registry as registry_module
 from models.exceptions import ArtifactIntegrityError, InvalidModelRef, ModelNotFound
 from models.refs import CANDIDATE, CHAMPION, DATA_TAG, GIT_TAG, ModelRef
@@ -83,7 +83,7 @@ def test_lineage_parent_is_recorded_and_shown_in_diff(registry, make_package):
     assert (v1.parent, v2.parent) == (None, "digits@1")
     assert registry.get("digits", 2).parent == "digits@1"
 
-    diff = registry.diff("digits@1", ModelRef("digits", version=2))
+    diff = lineage.diff(registry, "digits@1", ModelRef("digits", version=2))
     assert diff["lineage"]["parent"] == (None, "digits@1")
     assert diff["lineage"]["run_id"] == (v1.run_id, v2.run_id)
     assert diff["lineage"]["data_manifest_sha256"] == ("d1", "d2")
@@ -99,7 +99,7 @@ def test_diff_refuses_a_tampered_config(registry, make_package):
     data["metrics"]["accuracy"] = 1.0
     config.write_text(json.dumps(data))
     with pytest.raises(ArtifactIntegrityError, match="config.json"):
-        registry.diff("digits@1", "digits@1")
+        lineage.diff(registry, "digits@1", "digits@1")
 
 
 def test_alias_history_records_each_move_in_order(registry, make_package):

@@ -1,20 +1,21 @@
-"""Release decisions without a cluster: thresholds, sticky shares, configs, step shares."""
+"""Release decisions without a cluster: every transition of ``decide``, thresholds, sticky
+shares, configs, step shares."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 from pydantic import ValidationError
 
 from actors.release.config import ReleaseConfig, Thresholds
-from actors.release.controller import (
-    PROMOTED,
-    ROLLED_BACK,
-    OnlineStats,
-    Release,
-    judge,
-)
+from actors.release.decision import Action, Decision, decide
 from actors.release.routing import Outcome, Route, in_candidate_share
+from actors.release.state import Release, ReleaseState
+from actors.release.stats import OnlineStats, broken_threshold
 from jobs.release import parse
+
+T0 = 1_000_000.0  # when the release (and its step) started, in Unix seconds
 
 
 def _stats(n: int, *, errors: int = 0, latency_ms: float = 5.0, agreed: int | None = None):
@@ -26,24 +27,185 @@ def _stats(n: int, *, errors: int = 0, latency_ms: float = 5.0, agreed: int | No
     return s
 
 
+def _release(step: int = 0, state=ReleaseState.RUNNING, **config) -> Release:
+    """v2 against v1; each step needs 10 s and 20 answers, the release one hour."""
+    defaults = {"steps": [5, 50, 100], "min_step_s": 10, "min_requests": 20}
+    cfg = ReleaseConfig(model="m", max_release_s=3600, **(defaults | config))
+    return Release("r", "m", 1, 2, cfg, state=state, step=step, started=T0, step_started=T0)
+
+
+def _decide(release: Release, candidate: OnlineStats, *, after_s: float, champion_now=1):
+    return decide(release, champion_now, _stats(100), candidate, T0 + after_s)
+
+
+ENOUGH = dict(candidate=_stats(40, agreed=40), after_s=11)  # a step's time and answers
+
+
+@pytest.mark.parametrize(
+    ("release", "inputs", "action", "step", "why"),
+    [
+        pytest.param(
+            _release(),
+            ENOUGH | {"champion_now": 3},
+            Action.ABORT,
+            None,
+            "moved to v3",
+            id="the champion moved outside the release: abort",
+        ),
+        pytest.param(
+            _release(),
+            ENOUGH | {"champion_now": None},
+            Action.ABORT,
+            None,
+            "was removed",
+            id="the champion alias removed: abort",
+        ),
+        pytest.param(
+            _release(),
+            {"candidate": _stats(40, errors=5), "after_s": 1},
+            Action.ROLL_BACK,
+            None,
+            "error rate",
+            id="a threshold broken: roll back at once",
+        ),
+        pytest.param(
+            _release(),
+            {"candidate": _stats(3), "after_s": 3601},
+            Action.ROLL_BACK,
+            None,
+            "within 3600 s",
+            id="out of time: roll back",
+        ),
+        pytest.param(
+            _release(mode="shadow"),
+            {"candidate": _stats(3), "after_s": 3601},
+            Action.ROLL_BACK,
+            None,
+            "not enough traffic",
+            id="a shadow out of time: roll back",
+        ),
+        pytest.param(
+            _release(),
+            ENOUGH | {"after_s": 9},
+            Action.HOLD,
+            None,
+            "9 of 10 s",
+            id="not long enough at the step: hold",
+        ),
+        pytest.param(
+            _release(),
+            {"candidate": _stats(19, agreed=19), "after_s": 60},
+            Action.HOLD,
+            None,
+            "19 of 20 candidate answers",
+            id="not enough answers: hold",
+        ),
+        pytest.param(
+            _release(mode="shadow"),
+            {"candidate": _stats(40), "after_s": 60},
+            Action.HOLD,
+            None,
+            "0 of 20 comparisons",
+            id="a shadow counts comparisons, not answers",
+        ),
+        pytest.param(
+            _release(mode="ab", weight=30),
+            ENOUGH | {"after_s": 7200},
+            Action.HOLD,
+            None,
+            "A/B split at 30 %",
+            id="an A/B split holds, past max_release_s too",
+        ),
+        pytest.param(
+            _release(mode="ab"),
+            {"candidate": _stats(40, agreed=10), "after_s": 60},
+            Action.ROLL_BACK,
+            None,
+            "agreement",
+            id="an A/B split still rolls back",
+        ),
+        pytest.param(
+            _release(mode="shadow"),
+            ENOUGH,
+            Action.PASS,
+            None,
+            "40 comparisons",
+            id="a shadow passes after enough comparisons",
+        ),
+        pytest.param(
+            _release(step=0),
+            ENOUGH,
+            Action.STEP,
+            1,
+            "to 50 %",
+            id="a canary steps up",
+        ),
+        pytest.param(
+            _release(step=1),
+            ENOUGH,
+            Action.PROMOTE,
+            2,
+            "every step held",
+            id="reaching the last step (100 %) promotes",
+        ),
+        pytest.param(
+            _release(steps=[100]),
+            ENOUGH,
+            Action.PROMOTE,
+            None,
+            "100 % held",
+            id="a canary at its only step (100 %) promotes once it held",
+        ),
+        pytest.param(
+            _release(state=ReleaseState.ROLLED_BACK),
+            ENOUGH,
+            Action.HOLD,
+            None,
+            "ended",
+            id="an ended release stays as it is",
+        ),
+    ],
+)
+def test_decide(release, inputs, action, step, why):
+    decision = _decide(release, **inputs)
+    assert (decision.action, decision.step) == (action, step)
+    assert why in decision.reason
+
+
+def test_a_decision_says_which_state_it_ends_in_and_cannot_change():
+    ends = {a: Decision(a, "why").ends_in for a in Action}
+    assert ends == {
+        Action.HOLD: None,
+        Action.STEP: None,
+        Action.PROMOTE: ReleaseState.PROMOTED,
+        Action.PASS: ReleaseState.PASSED,
+        Action.ROLL_BACK: ReleaseState.ROLLED_BACK,
+        Action.ABORT: ReleaseState.ABORTED,
+    }
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Decision(Action.HOLD, "why").action = Action.PROMOTE
+
+
 def test_a_candidate_within_every_threshold_passes():
-    assert judge(Thresholds(), _stats(100), _stats(50, agreed=50)) is None
+    assert broken_threshold(Thresholds(), _stats(100), _stats(50, agreed=50)) is None
 
 
 def test_each_threshold_names_itself_when_broken():
     t = Thresholds(min_samples=20)
-    assert "error rate" in judge(t, _stats(100), _stats(40, errors=5))
-    assert "p95 latency" in judge(t, _stats(100), _stats(40, latency_ms=50.0))
-    assert "agreement" in judge(t, _stats(100), _stats(40, agreed=20))
+    assert "error rate" in broken_threshold(t, _stats(100), _stats(40, errors=5))
+    assert "p95 latency" in broken_threshold(t, _stats(100), _stats(40, latency_ms=50.0))
+    assert "agreement" in broken_threshold(t, _stats(100), _stats(40, agreed=20))
     champion, candidate = _stats(100), _stats(40)
     champion.labelled, champion.correct = 100, 98
     candidate.labelled, candidate.correct = 40, 30
-    assert "accuracy" in judge(t, champion, candidate)
+    assert "accuracy" in broken_threshold(t, champion, candidate)
 
 
 def test_no_check_fires_before_it_has_its_samples():
     t = Thresholds(min_samples=20)
-    assert judge(t, _stats(100), _stats(19, errors=19, latency_ms=999.0, agreed=0)) is None
+    assert (
+        broken_threshold(t, _stats(100), _stats(19, errors=19, latency_ms=999.0, agreed=0)) is None
+    )
 
 
 def test_the_share_is_sticky_and_grows_monotonically():
@@ -57,16 +219,15 @@ def test_the_share_is_sticky_and_grows_monotonically():
 
 
 def test_release_share_follows_state_and_mode():
-    canary = Release("r", "m", 1, 2, ReleaseConfig(model="m", steps=[5, 50, 100]).model_dump())
+    canary = _release()
     assert canary.share == 0.05
     canary.step = 1
     assert canary.share == 0.5
-    canary.state = ROLLED_BACK
+    canary.state = ReleaseState.ROLLED_BACK
     assert canary.share == 0.0
-    canary.state = PROMOTED
+    canary.state = ReleaseState.PROMOTED
     assert canary.share == 1.0
-    ab = Release("r", "m", 1, 2, ReleaseConfig(model="m", mode="ab", weight=30).model_dump())
-    assert ab.share == 0.3
+    assert _release(mode="ab", weight=30).share == 0.3
 
 
 @pytest.mark.parametrize(
