@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
+import random
+import secrets
 import shlex
 import subprocess
 import sys
@@ -124,6 +126,47 @@ def served(local_cluster: Settings, repo_root: Path) -> Served:
     deploy_models_api(local_cluster)
     wait_for_version(local_cluster, key, "digits", version)
     return Served(local_cluster, key, version, registry)
+
+
+SEED_ENV = "AIMASS_TEST_SEED"
+
+
+class FaultSeed:
+    """The seed of this session's random fault points: ``AIMASS_TEST_SEED``, or a fresh one.
+
+    Each fault point draws from its own stream, named after it, so one test run alone with
+    the same seed makes the choices it made in the full run. ``str()`` says how to replay.
+    """
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+        self.drawn: list[str] = []
+
+    def rng(self, name: str) -> random.Random:
+        """The stream for the fault point ``name`` (a test's node id, say)."""
+        self.drawn.append(name)
+        print(f"random fault points of {name}: {self}")
+        return random.Random(f"{self.value}:{name}")
+
+    def __str__(self) -> str:
+        return f"{SEED_ENV}={self.value}"
+
+
+FAULT_SEED = FaultSeed(int(os.environ.get(SEED_ENV) or secrets.randbits(32)))
+
+
+@pytest.fixture(scope="session")
+def fault_seed() -> FaultSeed:
+    """Where tests draw random fault points from (put it in their assertion messages)."""
+    return FAULT_SEED
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The seed, in every run's output that drew from it (passed or not)."""
+    if FAULT_SEED.drawn:
+        terminalreporter.write_line(
+            f"random fault points drawn with {FAULT_SEED}; set it to replay them"
+        )
 
 
 ONE_DIGIT = {"instances": [[0.0, 0.0, 5.0, 13.0] + [4.0] * 60]}
@@ -249,6 +292,11 @@ class ServeOps:
         """The application runs, with at least ``replicas`` of ``deployment`` RUNNING."""
         status = serve.status().applications[self.app]
         return status.status == "RUNNING" and self.running(deployment) >= replicas
+
+    def settled(self, deployment: str, replicas: int) -> bool:
+        """The application runs with exactly ``replicas`` live ``deployment`` replicas: none
+        starting, none draining."""
+        return self.stable(deployment, replicas) and len(self.replicas(deployment)) == replicas
 
     def deploy(self, **predictor: dict) -> None:
         """serve deploy of the default config with the Predictor's options updated (nested
