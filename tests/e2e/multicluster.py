@@ -206,6 +206,7 @@ class Stream:
     key: str
     in_flight: int = 1
     new_users: bool = False
+    origin: str | None = None  # named in X-Origin-Datacenter, as an edge names it
 
 
 @dataclass
@@ -267,6 +268,8 @@ class Ledger:
         headers = {"X-API-Key": stream.key, "X-Request-ID": rid}
         if stream.new_users:
             headers["X-User-ID"] = uuid.uuid4().hex
+        if stream.origin:
+            headers["X-Origin-Datacenter"] = stream.origin
         sent = time.monotonic()
         status, region, version, body = None, None, None, ""
         for attempt in range(self.retries + 1):
