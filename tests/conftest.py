@@ -12,11 +12,19 @@ from cluster.local import free_port
 TIERS = ("unit", "integration", "e2e")
 
 
+# Session fixtures that keep whole clusters running until the session ends: the tests that
+# use them run last, so no other test shares the 2 cores with those idle clusters (L2's
+# latency budget missed with the edge's two clusters still up behind it).
+LAST_FIXTURES = ("fleet",)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         tier = next((t for t in TIERS if f"{os.sep}{t}{os.sep}" in str(item.path)), None)
         if tier:
             item.add_marker(getattr(pytest.mark, tier))
+    # A stable sort: the order is otherwise the files' own.
+    items.sort(key=lambda i: any(f in getattr(i, "fixturenames", ()) for f in LAST_FIXTURES))
 
 
 def private_cluster_env(home: Path) -> dict[str, str]:
