@@ -308,13 +308,18 @@ def down(settings: Settings, timeout_s: float = 20.0, sweeps: int = 5) -> int:
         if not procs:
             _session_file(settings).unlink(missing_ok=True)
             break
-        for proc in procs:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.terminate()
-        _, alive = psutil.wait_procs(procs, timeout=timeout_s)
-        for proc in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.kill()
-        psutil.wait_procs(alive, timeout=5)
+        terminate(procs, timeout_s)
         stopped += len(procs)
     return stopped
+
+
+def terminate(procs: list[psutil.Process], timeout_s: float) -> None:
+    """TERM ``procs``, then KILL those still running after ``timeout_s``."""
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)

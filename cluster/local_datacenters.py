@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 
 from cluster.exceptions import ClusterError
-from cluster.local import CLUSTER_MARK_ENV, SERVE_ENV, free_port
+from cluster.local import CLUSTER_MARK_ENV, SERVE_ENV, free_port, terminate
 from cluster.settings import Settings
 from cluster.topology import REGION_LABEL, Datacenter
 
@@ -154,13 +154,7 @@ def stop(settings: Settings, region: str, timeout_s: float = 20.0) -> int:
     if ip is None or ip == settings.host:
         raise ClusterError(f"No datacenter node {region!r} runs in this cluster.")
     procs = _node_processes(ip)
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
-    for proc in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
+    terminate(procs, timeout_s)
     return len(procs)
 
 
