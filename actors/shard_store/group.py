@@ -20,7 +20,9 @@ def start(
     detached: bool = False,
 ) -> ray.actor.ActorHandle:
     """Start a group holding ``splits`` of ``manifest`` with ``factor`` replicas per shard;
-    returns once every shard is loaded (and checked), with the watch loop running.
+    returns its coordinator once every shard is loaded (and checked), with the watch loop
+    running. Keep the handle: Ray ends an actor that is not detached when its last handle
+    goes, and the group with it.
 
     Args:
         group: The group's name (default: the dataset's); names its actors.
