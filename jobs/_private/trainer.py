@@ -69,6 +69,11 @@ def make_trainer(
             (``LoopConfig.init_checkpoint``).
         shard_group: Workers read from this running ShardStore group instead of Ray Data.
     """
+    if cfg.data_source == "shard_store" and shard_group is None:
+        raise ValueError(
+            f"{cfg.name}: data_source=shard_store needs a running group (jobs.train's fit "
+            "starts one); tuning trials read through Ray Data: set data_source=ray_data."
+        )
     registry = Registry.from_settings(settings)
     loop = LoopConfig(
         train=cfg,
