@@ -17,3 +17,36 @@ class ActorUnavailable(RuntimeError):
 
     def __reduce__(self):  # keep `actor` across pickling
         return (type(self), (str(self), self.actor))
+
+
+class ShardStoreError(RuntimeError):
+    """A ShardStore shard could not be loaded or read.
+
+    Args:
+        message: What went wrong and what to do about it.
+        shard_id: The shard (its file's stem, e.g. ``train-00001-of-00004``).
+        node_id: The Ray node where it happened, or "" when not on one.
+        datacenter: That node's datacenter (region label), or "" when unlabelled.
+    """
+
+    def __init__(self, message: str, shard_id: str, node_id: str = "", datacenter: str = ""):
+        super().__init__(message)
+        self.shard_id, self.node_id, self.datacenter = shard_id, node_id, datacenter
+
+    def __reduce__(self):  # keep the context across pickling (actor -> caller)
+        return (type(self), (str(self), self.shard_id, self.node_id, self.datacenter))
+
+
+class ShardChecksumError(ShardStoreError):
+    """A shard's bytes on storage do not match the SHA-256 in the dataset's manifest: the
+    file changed or is corrupt. Re-run ``jobs.ingest`` for the dataset."""
+
+
+class ShardNotHeld(ShardStoreError):
+    """A replica was asked for a shard it does not hold (the group moved it): ask the
+    coordinator for the shard's current replicas."""
+
+
+class ShardUnavailable(ShardStoreError):
+    """No replica of a shard answered, after every retry: all its replicas were lost at
+    once (more nodes than the replication factor allows), or the group is gone."""

@@ -41,6 +41,10 @@ Ray knobs a product could set, each against a baseline at its own batch size:
   ``prefetch_batches=4``, ``read_parquet(override_num_blocks=8)``, batches of 256 rows.
 - ``v1_loop_shuffle``: the V1 reader iterated as ``train_loop.py`` iterates (local shuffle
   buffer of 4 batches).
+- ``shard_store``: not Ray Data: ``actors.shard_store`` replica actors hold the train
+  shards as NumPy in the object store (factor 1: the bench cluster is one node); each
+  worker fetches whole shards zero-copy once per epoch (the next on a thread), cuts
+  shuffled batches locally and turns them into tensors with ``torch.from_numpy``.
 - ``materialized``: ``cache_data=True`` (the product's default): read once before
   ``fit()`` (counted in the setup), every epoch from the object store.
 
@@ -69,6 +73,7 @@ import torch
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from actors import shard_store
 from bench._cluster import cluster, log
 from bench._report import emit, machine_info, write_results
 from cluster import storage
@@ -79,6 +84,7 @@ from jobs.ingest import IngestConfig, ingest
 from models.dataset import TOKENS, Manifest
 
 NAME = "ingest_throughput"
+SOURCES = {"ray_data": "Ray Data", "shard_store": "ShardStore"}
 GOAL = 0.8
 SPLIT = "train"
 
@@ -105,6 +111,9 @@ class Variant:
     env: dict = field(default_factory=dict)
     """Environment variables set in this driver while the datasets are built (Ray Data
     reads some knobs from the environment of the process that calls ``read_parquet``)."""
+    source: str = "ray_data"
+    """``ray_data`` or ``shard_store`` (``actors.shard_store``: whole shards zero-copy from
+    replica actors, batches cut in the worker, shuffled per epoch as training does)."""
 
 
 V1 = {"use_datasource_v2": False}
@@ -143,6 +152,12 @@ VARIANTS = {
         ),
         Variant(
             "v1_batch_256", "V1 reader + batch_size=256 on both sides", context=V1, batch_size=256
+        ),
+        Variant(
+            "shard_store",
+            "ShardStore actors (factor 1 on this one node): whole shards zero-copy from the "
+            "object store, next shard prefetched, batches cut locally, shuffled per epoch",
+            source="shard_store",
         ),
         Variant(
             "materialized",
@@ -231,7 +246,13 @@ def consume(config: dict) -> None:
     import torch.distributed as dist
 
     ctx = ray.train.get_context()
-    shard = ray.train.get_dataset_shard(SPLIT)
+    if config["shard_group"]:
+        from actors.shard_store import ShardReader, ShardStoreShard
+
+        reader = ShardReader(config["shard_group"])
+        shard = ShardStoreShard(reader, SPLIT, ctx.get_world_rank(), ctx.get_world_size())
+    else:
+        shard = ray.train.get_dataset_shard(SPLIT)
     kwargs = {
         "batch_size": config["batch_size"],
         "drop_last": True,
@@ -241,7 +262,7 @@ def consume(config: dict) -> None:
     rows = first_rows = batches = 0
     epochs = []
     for epoch in range(config["epochs"]):
-        if config["local_shuffle"]:
+        if config["local_shuffle"] or config["shard_group"]:
             kwargs |= {
                 "local_shuffle_buffer_size": 4 * config["batch_size"],
                 "local_shuffle_seed": epoch,
@@ -317,8 +338,11 @@ def fit_and_time(
     for key, value in variant.context.items():
         setattr(ctx, key, value)
     os.environ.update(variant.env)
+    group = None
     try:
         t_build = time.time()
+        if variant.source == "shard_store":
+            group = shard_store.start(manifest, group=NAME, splits=(SPLIT,), factor=1)
         trainer = TorchTrainer(
             consume,
             train_loop_config={
@@ -327,15 +351,18 @@ def fit_and_time(
                 "prefetch_batches": variant.prefetch_batches,
                 "local_shuffle": variant.local_shuffle,
                 "stats_uri": stats_uri,
+                "shard_group": NAME if group else None,
             },
             scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=False),
             run_config=RunConfig(name=f"{NAME}_{variant.name}", storage_path=storage_path),
-            datasets=build_datasets(variant, manifest),
+            datasets=None if group else build_datasets(variant, manifest),
         )
         t_fit = time.time()
         trainer.fit()  # raises if the run fails
         t_done = time.time()
     finally:
+        if group:
+            shard_store.stop(NAME)
         for key, value in saved.items():
             setattr(ctx, key, value)
         for key, value in saved_env.items():
@@ -384,7 +411,8 @@ def measure_variant(
     batch_size = variant.batch_size or cfg.batch_size
     log(f"{variant.name}: pyarrow baseline, batch {batch_size}")
     before = pyarrow_side(manifest, batch_size, cfg.epochs)
-    log(f"{variant.name}: Ray Train + Ray Data, {cfg.num_workers} workers ({variant.note})")
+    source = SOURCES[variant.source]
+    log(f"{variant.name}: Ray Train + {source}, {cfg.num_workers} workers ({variant.note})")
     load = os.getloadavg()[0]
     ours = ray_side(variant, manifest, batch_size, cfg, settings)
     load = max(load, os.getloadavg()[0])
@@ -401,7 +429,8 @@ def measure_variant(
         "ratio": round(ratio, 3),
         "goal": f">= {GOAL}",
         "goal_met": ratio >= GOAL,
-        "ratio_of": "Ray Data rows/s into all Train workers / one-process pyarrow rows/s",
+        "ratio_of": f"{SOURCES[variant.source]} rows/s into all Train workers / one-process "
+        "pyarrow rows/s",
         "variant": variant.name,
         "note": variant.note,
         "batch_size": batch_size,
@@ -413,7 +442,11 @@ def measure_variant(
         },
         "candidate": {
             "method": f"Ray {ray.__version__} TorchTrainer, {cfg.num_workers} CPU workers, "
-            "get_dataset_shard().iter_torch_batches",
+            + (
+                "ShardStoreShard.iter_torch_batches"
+                if variant.source == "shard_store"
+                else "get_dataset_shard().iter_torch_batches"
+            ),
             **rounded(ours),
             "rows_per_s": round(ours["rows_per_s"]),
         },

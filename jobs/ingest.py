@@ -5,11 +5,16 @@ Submit it to the cluster (run from the repository root):
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m jobs.ingest --dataset digits
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m jobs.ingest --dataset python_stdlib
 
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m jobs.ingest --dataset synthetic --rows 10000000 --shards 64
+
 ``digits``: scikit-learn's bundled 8x8 digits, split stratified by class.
 ``python_stdlib``: the running Python's standard library sources as byte-level tokens, in
 sequences of ``--block-size`` + 1 tokens; files go to train/val/test by a hash of their
 path, so no file straddles two splits, and each split's sequences are shuffled (seeded), so
-any prefix of a split samples all its files. Both are deterministic: running twice writes the
+any prefix of a split samples all its files. ``synthetic``: ``--rows`` generated rows shaped
+like digits (64 float32 features around one of 10 class prototypes, an int64 label),
+written shard by shard in chunks of ``CHUNK_ROWS``, so memory stays bounded at any size.
+All are deterministic: running twice writes the
 same shards and the same manifest hash.
 """
 
@@ -26,15 +31,32 @@ from sklearn.model_selection import train_test_split
 
 from cluster.settings import get_settings
 from jobs._private.cli import parse_config
-from models.dataset import Manifest, dataset_uri, token_table, write_dataset, write_tables
+from models.dataset import (
+    Manifest,
+    dataset_uri,
+    to_table,
+    token_table,
+    write_dataset,
+    write_manifest,
+    write_streamed_shard,
+    write_tables,
+)
+
+CHUNK_ROWS = 65_536
+"""Synthetic: rows generated and written at a time (~17 MiB of features)."""
+FEATURES = 64
+CLASSES = 10
 
 
 class IngestConfig(BaseModel):
     """What to ingest and how to split it."""
 
     dataset: str = Field(
-        "digits", pattern="^(digits|python_stdlib)$", description="digits | python_stdlib"
+        "digits",
+        pattern="^(digits|python_stdlib|synthetic)$",
+        description="digits | python_stdlib | synthetic",
     )
+    rows: int = Field(100_000, ge=100, description="Synthetic: rows in all splits together.")
     val_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of rows for validation.")
     test_fraction: float = Field(0.2, gt=0, lt=0.5, description="Share of rows held out for test.")
     shards: int = Field(2, ge=1, le=1024, description="Parquet shards per split.")
@@ -119,9 +141,45 @@ def ingest_text(cfg: IngestConfig, storage_root: str) -> Manifest:
     )
 
 
+def synthetic_chunks(cfg: IngestConfig, split: str, shard: int, rows: int):
+    """A shard's rows as tables of at most CHUNK_ROWS, seeded by (seed, split, shard)."""
+    prototypes = np.random.default_rng(cfg.seed).uniform(0, 16, size=(CLASSES, FEATURES))
+    rng = np.random.default_rng([cfg.seed, ("train", "val", "test").index(split), shard])
+    for start in range(0, rows, CHUNK_ROWS):
+        n = min(CHUNK_ROWS, rows - start)
+        labels = rng.integers(0, CLASSES, size=n)
+        noise = rng.normal(0, 3, size=(n, FEATURES))
+        yield to_table(np.clip(prototypes[labels] + noise, 0, 16).astype(np.float32), labels)
+
+
+def ingest_synthetic(cfg: IngestConfig, storage_root: str) -> Manifest:
+    root = dataset_uri(storage_root, cfg.dataset)
+    test, val = int(cfg.rows * cfg.test_fraction), int(cfg.rows * cfg.val_fraction)
+    entries = {}
+    for split, rows in (("train", cfg.rows - test - val), ("val", val), ("test", test)):
+        shards = []
+        for i, n in enumerate(np.array_split(np.arange(rows), cfg.shards)):
+            file = f"{split}-{i:05d}-of-{cfg.shards:05d}.parquet"
+            chunks = synthetic_chunks(cfg, split, i, len(n))
+            shards.append({"file": file, **write_streamed_shard(f"{root}/{file}", SCHEMA, chunks)})
+        entries[split] = {"rows": rows, "shards": shards}
+    extra = {
+        "feature_shape": [FEATURES],
+        "num_classes": CLASSES,
+        "seed": cfg.seed,
+        "source": f"synthetic: {cfg.rows} rows, class prototypes + N(0, 3) noise",
+    }
+    return write_manifest(root, cfg.dataset, SCHEMA, entries, extra)
+
+
+SCHEMA = to_table(np.zeros((1, FEATURES), np.float32), np.zeros(1, np.int64)).schema
+
+
 def ingest(cfg: IngestConfig, storage_root: str) -> Manifest:
     if cfg.dataset == "python_stdlib":
         return ingest_text(cfg, storage_root)
+    if cfg.dataset == "synthetic":
+        return ingest_synthetic(cfg, storage_root)
     digits = load_digits()  # bundled with scikit-learn: 1,797 8x8 images, pixel counts 0..16
     x, y = digits.data.astype(np.float32), digits.target.astype(np.int64)
     return write_dataset(

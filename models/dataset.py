@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,14 +141,33 @@ def write_tables(
                 {"file": file, "rows": len(idx), "sha256": hashlib.sha256(raw).hexdigest()}
             )
         entries[split] = {"rows": table.num_rows, "shards": shards}
-    manifest = {
-        "dataset": name,
-        "format": 1,
-        "schema": str(next(iter(tables.values())).schema),
-        "splits": entries,
-        **extra,
-    }
+    return write_manifest(root, name, next(iter(tables.values())).schema, entries, extra)
+
+
+def write_manifest(root: str, name: str, schema: pa.Schema, splits: dict, extra: dict) -> Manifest:
+    """The manifest, written last: ``splits`` maps a split to its rows and shard entries
+    (file, rows, sha256)."""
+    manifest = {"dataset": name, "format": 1, "schema": str(schema), "splits": splits, **extra}
     storage.write_bytes(
         storage.join(root, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True).encode()
     )
     return read_manifest(root)
+
+
+def write_streamed_shard(uri: str, schema: pa.Schema, chunks: Iterable[pa.Table]) -> dict:
+    """One Parquet shard written chunk by chunk (memory bounded by a chunk, whatever the
+    shard's size), then hashed by reading it back in 4 MiB pieces; its manifest entry
+    (without ``file``). Readers never see half a file: it is moved into place when done."""
+    fs, path = storage.resolve(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    tmp, rows = f"{path}.tmp-writing", 0
+    with fs.open_output_stream(tmp) as sink, pq.ParquetWriter(sink, schema) as writer:
+        for chunk in chunks:
+            writer.write_table(chunk)
+            rows += chunk.num_rows
+    digest = hashlib.sha256()
+    with fs.open_input_stream(tmp) as f:
+        while piece := f.read(4 << 20):
+            digest.update(piece)
+    fs.move(tmp, path)
+    return {"rows": rows, "sha256": digest.hexdigest()}

@@ -31,6 +31,9 @@ class LoopConfig:
     """The run rank 0 logs each epoch's metrics to; None logs none."""
     teacher: ModelVersionInfo | None = None
     """Distillation: the registered version whose ONNX logits are the soft targets."""
+    shard_group: str | None = None
+    """The ShardStore group the workers read from (``data_source=shard_store``); None:
+    Ray Data, the trainer's datasets."""
     init_checkpoint: Checkpoint | None = None
     """The checkpoint a run without one of its own starts from: a tuning trial that PBT
     restarted from another trial's checkpoint."""

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from actors.shard_store import ShardReader, ShardStoreShard
 from jobs._private.checkpoints import CheckpointError, load_shards, save_shard
 from jobs._private.deepspeed_setup import initialize
 from jobs._private.loop_config import LOOP_KEY, LoopConfig
@@ -280,8 +281,13 @@ class Epochs:
         self.total_steps, self.start_epoch = total_steps, start_epoch
         self.metrics_out = TrainMetrics(self.cfg.name, self.rank)
         self.log_metrics = _mlflow_logger(loop) if self.rank == 0 else None
-        self.train_shard = ray.train.get_dataset_shard("train")
-        self.val_shard = ray.train.get_dataset_shard("val")
+        if loop.shard_group:  # the same iter_torch_batches over a ShardStore group
+            reader = ShardReader(loop.shard_group)
+            self.train_shard = ShardStoreShard(reader, "train", self.rank, self.world)
+            self.val_shard = ShardStoreShard(reader, "val", self.rank, self.world)
+        else:
+            self.train_shard = ray.train.get_dataset_shard("train")
+            self.val_shard = ray.train.get_dataset_shard("val")
         self.started, self.start_step = time.monotonic(), engine.global_steps
 
     def run(self, epoch: int) -> None:

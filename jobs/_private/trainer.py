@@ -9,6 +9,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 from torch import nn
 
+from actors import shard_store
 from cluster import storage
 from cluster.settings import Settings
 from jobs._private.loop_config import LOOP_KEY, LoopConfig
@@ -53,6 +54,7 @@ def make_trainer(
     callbacks: list | None = None,
     teacher: ModelVersionInfo | None = None,
     init_checkpoint: Checkpoint | None = None,
+    shard_group: str | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer running ``train_func`` for ``cfg`` on ``cfg.num_workers`` workers.
 
@@ -65,7 +67,13 @@ def make_trainer(
         teacher: Distil from this version's soft targets (``LoopConfig.teacher``).
         init_checkpoint: Start from this checkpoint unless the run has its own
             (``LoopConfig.init_checkpoint``).
+        shard_group: Workers read from this running ShardStore group instead of Ray Data.
     """
+    if cfg.data_source == "shard_store" and shard_group is None:
+        raise ValueError(
+            f"{cfg.name}: data_source=shard_store needs a running group (jobs.train's fit "
+            "starts one); tuning trials read through Ray Data: set data_source=ray_data."
+        )
     registry = Registry.from_settings(settings)
     loop = LoopConfig(
         train=cfg,
@@ -75,6 +83,7 @@ def make_trainer(
         mlflow_run_id=run_id,
         teacher=teacher,
         init_checkpoint=init_checkpoint,
+        shard_group=shard_group,
     )
     return TorchTrainer(
         train_func,
@@ -89,7 +98,7 @@ def make_trainer(
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
         ),
-        datasets=datasets(cfg, manifest),
+        datasets=None if shard_group else datasets(cfg, manifest),
     )
 
 
@@ -109,6 +118,21 @@ def fit(
     *,
     teacher: ModelVersionInfo | None = None,
 ) -> nn.Module:
-    """Run the training function on ``cfg.num_workers`` Ray Train workers; return the model."""
-    trainer = make_trainer(cfg, manifest, settings, run_id, teacher=teacher)
-    return load_model(cfg, trainer.fit().checkpoint)
+    """Run the training function on ``cfg.num_workers`` Ray Train workers; return the model.
+
+    With ``data_source=shard_store`` the run starts its own ShardStore group (named after
+    the run) before the workers and stops it after them.
+    """
+    if cfg.data_source != "shard_store":
+        trainer = make_trainer(cfg, manifest, settings, run_id, teacher=teacher)
+        return load_model(cfg, trainer.fit().checkpoint)
+    group = shard_store.start(  # noqa: F841 - held: the group lives as long as this handle
+        manifest, group=cfg.name, splits=("train", "val"), factor=cfg.shard_replicas
+    )
+    try:
+        trainer = make_trainer(
+            cfg, manifest, settings, run_id, teacher=teacher, shard_group=cfg.name
+        )
+        return load_model(cfg, trainer.fit().checkpoint)
+    finally:
+        shard_store.stop(cfg.name)

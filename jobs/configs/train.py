@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, field, fields, replace
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     ConfigDict,
@@ -93,6 +93,14 @@ class TrainConfig:
     """Read the shards once and keep the blocks in Ray's object store across epochs (the
     cluster's memory, not the driver's). False streams from storage every epoch: for
     datasets larger than the cluster's object store."""
+    data_source: Literal["ray_data", "shard_store"] = "ray_data"
+    """Where workers read batches: ``ray_data`` (Ray Data over the Parquet shards) or
+    ``shard_store`` (``actors.shard_store``: the run's own group of replica actors holding
+    the shards in the object store; each rank fetches whole shards zero-copy and cuts its
+    batches locally: 10x+ faster delivery in ``bench.ingest_throughput``)."""
+    shard_replicas: PositiveInt = 2
+    """``shard_store``: replicas per shard on distinct nodes (2 survives a node's loss;
+    capped at the nodes alive)."""
     checkpoint_every: PositiveInt = 5
     """Epochs between checkpoints (the last epoch always checkpoints)."""
     max_failures: int = Field(2, ge=-1)
