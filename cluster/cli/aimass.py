@@ -95,6 +95,7 @@ def cmd_status(settings: Settings, _: argparse.Namespace) -> None:
     console.print(jobs)
     details = _print_serve(settings)
     _print_datacenters(settings, found, details)
+    _print_sharding(settings, found)
 
 
 def _print_datacenters(settings: Settings, nodes: list, details: dict) -> None:
@@ -115,6 +116,22 @@ def _print_datacenters(settings: Settings, nodes: list, details: dict) -> None:
         for row in rows:
             routing.add_row(*row)
         console.print(routing)
+
+
+def _print_sharding(settings: Settings, nodes: list) -> None:
+    """Where ShardStore replicas and pipeline stages run (their names say what they hold)."""
+    from ray.util.state import list_actors
+
+    from actors.shard_store import NAMESPACE as SHARDS
+    from cluster.cli import status
+
+    found = list_actors(address=settings.dashboard_url, detail=True, limit=10_000)
+    rows = status.sharding_rows(found, status.region_of_nodes(nodes), (SHARDS,))
+    if rows:
+        table = Table("actor", "datacenter", "node", "state", title="Sharding actors")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
 
 
 def _resource(name: str, amount: float) -> str:

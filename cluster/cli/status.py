@@ -1,4 +1,5 @@
-"""``aimass status``'s datacenter view: nodes, Serve replicas and routing per datacenter.
+"""``aimass status``'s datacenter view: nodes, Serve replicas and routing per datacenter, and
+where the sharding actors (ShardStore replicas, pipeline stages) run.
 
 Replicas are placed by the Serve controller (its details name each replica's node; a node's
 region label names its datacenter). Routing shares come from the gateways' own counter of
@@ -87,3 +88,14 @@ def routing_rows(answers: dict[tuple[str, str], float]) -> list[tuple[str, str, 
         )
         rows.append((origin, f"{total:g}", f"{home / total:.1%}", spilled or "-"))
     return rows
+
+
+def sharding_rows(actors: list, regions: dict[str, str], namespaces: tuple[str, ...]) -> list:
+    """``(actor name, datacenter, node, state)`` for the live actors of ``namespaces``: their
+    names say what they hold (dataset and shard replica, or model, version and stage)."""
+    rows = [
+        (a.name, regions.get(a.node_id, "") or "-", (a.node_id or "")[:8], a.state)
+        for a in actors
+        if a.ray_namespace in namespaces and a.name and a.state != "DEAD"
+    ]
+    return sorted(rows)

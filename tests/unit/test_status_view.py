@@ -55,3 +55,21 @@ def test_metric_targets_come_from_rays_service_discovery_file(tmp_path):
     sd = [{"labels": {"job": "ray"}, "targets": ["127.0.0.1:1", "127.0.0.2:2"]}]
     (tmp_path / "prom_metrics_service_discovery.json").write_text(json.dumps(sd))
     assert status.metric_targets(tmp_path) == ["127.0.0.1:1", "127.0.0.2:2"]
+
+
+def test_sharding_actors_are_listed_by_name_with_their_datacenter():
+    regions = {"n1abcdefgh": "eu-west", "n2abcdefgh": ""}
+    actor = lambda name, node, ns="aimass-shards", state="ALIVE": SimpleNamespace(  # noqa: E731
+        name=name, node_id=node, ray_namespace=ns, state=state
+    )
+    actors = [
+        actor("shards:digits:replica:eu-west:n1abcdef", "n1abcdefgh"),
+        actor("shards:digits:coordinator", "n2abcdefgh"),
+        actor("shards:digits:replica:eu-west:n9", "n9", state="DEAD"),  # gone: not shown
+        actor("Gateway", "n1abcdefgh", ns="serve"),  # another namespace: not shown
+        actor("", "n1abcdefgh"),  # unnamed: not shown
+    ]
+    assert status.sharding_rows(actors, regions, ("aimass-shards",)) == [
+        ("shards:digits:coordinator", "-", "n2abcdef", "ALIVE"),
+        ("shards:digits:replica:eu-west:n1abcdef", "eu-west", "n1abcdef", "ALIVE"),
+    ]
