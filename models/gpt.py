@@ -85,7 +85,7 @@ class KVCache:
 
     ``keys[i]`` and ``values[i]`` belong to the i-th block of the range: (B, H, T_max, D/H)
     each, T_max = block_size, of which row b holds ``lengths[b]`` valid positions (the rest
-    is room to grow; its contents are undefined). ``lengths`` is (B,) int64. A pipeline stage
+    is room to grow). ``lengths`` is (B,) int64. A pipeline stage
     keeps the cache of its own blocks; ``run_blocks`` advances that cache's lengths.
     """
 
@@ -105,7 +105,9 @@ class KVCache:
         """Room for ``block_size`` positions per row in ``n_blocks`` blocks (all of them)."""
         shape = (batch, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
         n = cfg.n_layer if n_blocks is None else n_blocks
-        made = [torch.empty(shape, dtype=dtype, device=device) for _ in range(2 * n)]
+        # Zeros, not torch.empty: a batch attends over its longest row's positions, masking the
+        # others' tail, and a masked weight 0 times a garbage NaN value is still NaN.
+        made = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(2 * n)]
         return cls(made[:n], made[n:], torch.zeros(batch, dtype=torch.long, device=device))
 
     @property
