@@ -8,7 +8,8 @@ others from the next step on. Each row samples with its own ``torch.Generator``:
 stream draws the same numbers alone or batched.
 
 ``DecodeLoop`` is the asyncio side: one per loaded model, it steps the batch on the forward
-thread while streams are active and hands each stream its tokens through a queue.
+thread while streams are active and hands each stream its tokens through a queue, a few
+tokens ahead of its consumer at most.
 """
 
 from __future__ import annotations
@@ -133,23 +134,31 @@ class DecodeBatch:
 class Stream:
     """A row's tokens as they come: ``async for token in stream``; ``cancel`` to leave."""
 
-    def __init__(self, row: Row) -> None:
+    def __init__(self, row: Row, on_change: Callable[[], None]) -> None:
         self.row = row
         self._queue: asyncio.Queue[int | BaseException | None] = asyncio.Queue()
+        self._on_change = on_change
 
     def __aiter__(self) -> Stream:
         return self
 
     async def __anext__(self) -> int:
         item = await self._queue.get()
+        self._on_change()
         if item is None:
             raise StopAsyncIteration
         if isinstance(item, BaseException):
             raise item
         return item
 
+    @property
+    def backlog(self) -> int:
+        """Tokens computed that the consumer has not taken yet."""
+        return self._queue.qsize()
+
     def cancel(self) -> None:
         self.row.cancelled = True
+        self._on_change()
 
     def put(self, item: int | BaseException | None) -> None:
         self._queue.put_nowait(item)
@@ -158,27 +167,45 @@ class Stream:
 class DecodeLoop:
     """Steps one model's ``DecodeBatch`` on the forward thread while it has streams.
 
-    Tokens are computed ahead of a slow consumer (at most its ``max_new_tokens``); a stream
-    cancelled is dropped at the next step, so the step running when it left is its last.
+    Tokens are computed ahead of their consumers, by at most ``ahead`` for the fastest of
+    them: steps pause while every stream has that many waiting, so a lone stream runs no
+    further ahead of its consumer, while one slow consumer does not hold the others back.
+    A stream cancelled is dropped at the next step: the step running when it left is its last.
     """
 
-    def __init__(self, model: GPT, forward: Forward) -> None:
+    def __init__(self, model: GPT, forward: Forward, ahead: int = 8) -> None:
         self.batch = DecodeBatch(model)
         self._forward = forward
+        self._ahead = ahead
         self._joining: list[Stream] = []
         self._streams: dict[Row, Stream] = {}
+        self._changed = asyncio.Event()  # a stream took a token or was cancelled
         self._task: asyncio.Task | None = None
 
     def submit(self, row: Row) -> Stream:
         """Add ``row`` at the next step; its tokens come through the returned stream."""
-        stream = Stream(row)
-        self._joining.append(stream)
         if self._task is None or self._task.done():
+            # Made here, not in __init__: an Event belongs to the event loop it first waits in.
+            self._changed = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._run())
+        stream = Stream(row, self._wake)
+        self._joining.append(stream)
+        self._wake()
         return stream
+
+    def _wake(self) -> None:
+        self._changed.set()
+
+    def _saturated(self) -> bool:
+        """Every open stream has ``ahead`` tokens waiting, and none is joining."""
+        open_ = [s for s in self._streams.values() if not s.row.cancelled]
+        return not self._joining and bool(open_) and all(s.backlog >= self._ahead for s in open_)
 
     async def _run(self) -> None:
         while self._joining or self.batch.rows:
+            while self._saturated():
+                self._changed.clear()
+                await self._changed.wait()
             joining, self._joining = self._joining, []
             self._streams.update((s.row, s) for s in joining)
             try:

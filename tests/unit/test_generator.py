@@ -320,3 +320,19 @@ def test_max_models_per_replica_is_kept_once_the_multiplexer_exists(make_generat
     gen.reconfigure({"max_models_per_replica": 5, "threads": 2})
     assert (gen.config.max_models_per_replica, gen.config.threads) == (3, 2)
     assert "applies to replicas started from now on" in caplog.text
+
+
+def test_a_stream_runs_at_most_a_few_tokens_ahead_of_its_consumer(registry, make_generator):
+    registry.add("ascii", 1, "gpt", ASCII)
+    gen = make_generator("ascii:1")
+
+    async def main() -> None:
+        agen = gen.generate("Hi", 200, 1.0, None, 0)
+        await agen.__anext__()
+        await agen.__anext__()  # then the consumer stalls, without leaving
+        await until(lambda: forwards(gen, "ascii:1") >= 2 + 8)  # 8 ahead: DecodeLoop's default
+        await asyncio.sleep(0.3)  # a loop that did not pause would run ~100 more steps here
+        assert forwards(gen, "ascii:1") <= 2 + 8 + 1  # + the step in flight when it paused
+        await agen.aclose()
+
+    asyncio.run(main())
