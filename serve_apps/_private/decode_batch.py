@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from typing import TypeVar
@@ -69,7 +69,7 @@ class DecodeBatch:
     def rows(self) -> list[Row]:
         return self._cached + self._uncached
 
-    def step(self, joining: list[Row] = ()) -> list[tuple[Row, int]]:
+    def step(self, joining: Sequence[Row] = ()) -> list[tuple[Row, int]]:
         """One token for every row, then prefill ``joining``; returns each (row, token)."""
         self._keep(lambda r: not r.cancelled and r.remaining > 0)
         # A row whose next position would be block_size leaves the cache for good.
