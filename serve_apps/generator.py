@@ -10,10 +10,17 @@ numbers, not aliases: a cached id must mean the same weights for as long as it i
     async for piece in handle.generate.remote("To be", 64, 0.8, 40, None):
         ...
 
-Every forward runs on one dedicated thread, one token at a time: concurrent streams on a
-replica take turns token by token, and the event loop stays free to send what is ready.
-Each token is an ``await``, so a cancelled stream (the HTTP client went away) stops at its
-next token: the forward already running finishes, its token is dropped, none follows.
+Streams on a replica share forwards (continuous batching): each loaded version has one
+decode loop (``_private.decode_batch``) that, while it has streams, steps them all together:
+one forward runs the last token of every stream against its KV cache, then streams that
+arrived meanwhile are prefilled (one forward each) and decode with the others from the next
+step; a stream that reached its ``max_new_tokens`` or was cancelled leaves. All forwards, of
+every version, run on one dedicated thread, so the event loop stays free to send what is
+ready. A cancelled stream (the HTTP client went away) stops at its next token: the step
+already running finishes, its token is dropped, none follows. Each stream samples with its
+own ``torch.Generator``: a seeded request gives the same text alone or batched with others.
+``kv_cache: false`` in the user_config recomputes the whole context for every token (the
+baseline ``bench.generation`` measures the cache against).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from ray import serve
@@ -39,10 +47,12 @@ from models.registry import Registry
 from models.signature import LM
 from models.weights import load_weights
 from models.zoo import architecture, build_model
+from serve_apps._private.decode_batch import DecodeLoop, Forward, Row
 from serve_apps._private.model_ids import parse_model_id
 from serve_apps.schemas import GENERATION_LIMITS, GenerateRequest, GeneratorConfig
 
 logger = logging.getLogger("ray.serve")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True, weakref_slot=True)
@@ -52,14 +62,17 @@ class LoadedLM:
     name: str
     version: int
     model: GPT
+    decoder: DecodeLoop
+    """Batches the decode steps of this version's streams."""
 
     @property
     def model_id(self) -> str:
         return f"{self.name}:{self.version}"
 
 
-def load_lm(folder: Path, name: str, version: int) -> LoadedLM:
-    """Build the GPT a (verified) package describes and load its safetensors weights."""
+def load_lm(folder: Path, name: str, version: int, forward: Forward) -> LoadedLM:
+    """Build the GPT a (verified) package describes and load its safetensors weights; its
+    decode loop runs its forwards through ``forward`` (on the forward thread)."""
     config = package.PackageConfig.read(folder)
     if architecture(config.architecture).task != LM:
         raise IncompatibleModel(
@@ -71,7 +84,8 @@ def load_lm(folder: Path, name: str, version: int) -> LoadedLM:
         )
     model = build_model(config.architecture, **config.options)
     load_weights(model, folder / package.WEIGHTS_FILE)
-    return LoadedLM(name, version, model.eval())
+    model.eval()
+    return LoadedLM(name, version, model, DecodeLoop(model, forward))
 
 
 @serve.deployment
@@ -83,8 +97,8 @@ class Generator:
     """
 
     def __init__(self, registry: Registry | None = None) -> None:
-        # One thread for every forward: streams take turns per token, and torch's own
-        # intra-op threads (config.threads) parallelise within each forward.
+        # One thread for every forward: the versions' decode loops take turns per step, and
+        # torch's own intra-op threads (config.threads) parallelise within each forward.
         self._forwards = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generator-forward")
         if registry is None:
             settings = get_settings()
@@ -152,34 +166,40 @@ class Generator:
             rng.seed()
         else:
             rng.manual_seed(request.seed)
-        idx = torch.tensor([encode(request.prompt)[-lm.model.cfg.block_size :]])  # (1, T)
+        row = Row(
+            context=encode(request.prompt)[-lm.model.cfg.block_size :],
+            remaining=request.max_new_tokens,
+            temperature=request.temperature,
+            top_k=request.top_k,
+            rng=rng,
+            use_cache=self.config.kv_cache,
+        )
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        loop = asyncio.get_running_loop()
+        stream = lm.decoder.submit(row)
         produced = 0
         try:
-            while produced < request.max_new_tokens:
-                idx, token = await loop.run_in_executor(
-                    self._forwards, self._step, lm.model, idx, request, rng
-                )
+            async for token in stream:
                 produced += 1
                 if piece := decoder.decode(bytes([token])):
                     yield piece
         except (asyncio.CancelledError, GeneratorExit):
+            stream.cancel()
             logger.info("generation from %s cancelled after %d tokens", lm.model_id, produced)
             raise
         if tail := decoder.decode(b"", final=True):
             yield tail
 
-    def _step(
-        self, model: GPT, idx: torch.Tensor, request: GenerateRequest, rng: torch.Generator
-    ) -> tuple[torch.Tensor, int]:
-        """One token after ``idx`` (1, T); returns the context to sample the next one from."""
-        # On the forward thread: torch's thread count (OpenMP) and inference mode are per thread.
-        if torch.get_num_threads() != self.config.threads:
-            torch.set_num_threads(self.config.threads)
-        with torch.inference_mode():
-            nxt = model.next_token(idx, request.temperature, request.top_k, rng)  # (1, 1)
-            return torch.cat([idx, nxt], dim=1)[:, -model.cfg.block_size :], int(nxt)
+    async def _on_forward_thread(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn`` on the forward thread, with this replica's torch threads, no autograd."""
+
+        def run() -> _T:
+            # torch's thread count (OpenMP) and inference mode are per thread.
+            if torch.get_num_threads() != self.config.threads:
+                torch.set_num_threads(self.config.threads)
+            with torch.inference_mode():
+                return fn()
+
+        return await asyncio.get_running_loop().run_in_executor(self._forwards, run)
 
     async def _model(self) -> LoadedLM:
         model_id = serve.get_multiplexed_model_id()
@@ -205,7 +225,8 @@ class Generator:
         info = self.registry.get(name, version)
         # The weights end up in memory: the downloaded package is not needed after.
         with tempfile.TemporaryDirectory(prefix=f"aimass-{name}-v{version}-") as tmp:
-            return load_lm(self.registry.fetch(info, Path(tmp)), name, version)
+            folder = self.registry.fetch(info, Path(tmp))
+            return load_lm(folder, name, version, self._on_forward_thread)
 
     def __del__(self) -> None:
         self._forwards.shutdown(wait=False, cancel_futures=True)

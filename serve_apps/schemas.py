@@ -185,6 +185,12 @@ class GeneratorConfig(BaseModel):
         description="Model versions a replica keeps loaded (least recently used goes first). "
         "Fixed at a replica's first request: a later change applies to replicas started after it.",
     )
+    kv_cache: bool = Field(
+        True,
+        description="Keep each stream's keys and values (prefill once, then one token per "
+        "forward, streams batched). false recomputes the whole context for every token: the "
+        "baseline of bench.generation, not for serving.",
+    )
 
 
 class GenerateRequest(BaseModel):

@@ -1,7 +1,7 @@
 """The Generator deployment's class, without Serve: packages come from a folder, not MLflow.
 
 Serve's multiplexer needs a replica, so a dict stands in for its cache; everything else (id
-parsing, package loading, sampling, streaming, cancellation) is the real code.
+parsing, package loading, sampling, batching, streaming, cancellation) is the real code.
 """
 
 import asyncio
@@ -16,11 +16,12 @@ from pydantic import ValidationError
 
 from models import package
 from models.exceptions import IncompatibleModel, InvalidModelRef, ModelNotFound
-from models.gpt import GPT, decode, encode
+from models.gpt import decode, encode
 from models.refs import ModelVersionInfo
 from models.weights import save_weights
 from models.zoo import architecture, build_model
 from serve_apps import generator as generator_module
+from serve_apps._private import decode_batch
 from serve_apps.generator import Generator
 from serve_apps.schemas import GenerateRequest, GeneratorConfig
 
@@ -90,18 +91,9 @@ def stream(gen: Generator, prompt="Hi", tokens=16, temperature=1.0, top_k=None, 
     return asyncio.run(collect())
 
 
-@pytest.fixture
-def forwards(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts sampling steps (one forward each) as they start."""
-    calls: list[int] = []
-    step = GPT.next_token
-
-    def counted(self, *args, **kwargs):
-        calls.append(1)
-        return step(self, *args, **kwargs)
-
-    monkeypatch.setattr(GPT, "next_token", counted)
-    return calls
+def forwards(gen: Generator, model_id: str) -> int:
+    """Model forwards the version's decode loop has run (batched steps count once)."""
+    return gen.cache[model_id].decoder.batch.forwards
 
 
 def test_pieces_concatenate_to_the_decoded_sample_of_gpt_generate(registry, make_generator):
@@ -163,14 +155,26 @@ def test_utf8_pieces_are_whole_characters_and_the_rest_is_flushed(
     registry.add("tiny", 1, "gpt", {"preset": "tiny"})
     script = iter(list("añ€🙂".encode()) + list("🙂".encode())[:2])  # ends mid-character
 
-    def scripted(self, idx, *args, **kwargs):
+    def scripted(logits, *args, **kwargs):
         return torch.tensor([[next(script)]])
 
-    monkeypatch.setattr(GPT, "next_token", scripted)
+    monkeypatch.setattr(decode_batch, "sample", scripted)
     assert stream(make_generator("tiny:1"), tokens=12) == ["a", "ñ", "€", "🙂", "\ufffd"]
 
 
-def test_cancelling_the_consumer_stops_the_forwards(registry, make_generator, forwards, caplog):
+async def until(condition, timeout_s: float = 30.0) -> None:
+    """Poll ``condition`` on the event loop until it holds (the decode loop runs meanwhile)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+async def pieces_of(gen: Generator, prompt: str, tokens: int, seed: int, top_k=None) -> str:
+    return "".join([p async for p in gen.generate(prompt, tokens, 1.0, top_k, seed)])
+
+
+def test_cancelling_the_consumer_stops_its_row(registry, make_generator, caplog):
     registry.add("ascii", 1, "gpt", ASCII)
     gen = make_generator("ascii:1")
     pieces: list[str] = []
@@ -182,22 +186,24 @@ def test_cancelling_the_consumer_stops_the_forwards(registry, make_generator, fo
             async for piece in gen.generate("Hi", 200, 1.0, None, 0):
                 pieces.append(piece)
                 if len(pieces) == 2:
-                    two.set()  # the generator's next await is its third forward
+                    two.set()
 
         task = asyncio.create_task(consume())
         await two.wait()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        batch = gen.cache["ascii:1"].decoder.batch
+        await until(lambda: not batch.rows)  # it left the batch at the next step
 
     with caplog.at_level(logging.INFO, logger="ray.serve"):
         asyncio.run(main())
-    gen._forwards.shutdown(wait=True)  # the forward that was running when cancelled ends
-    assert len(pieces) == 2 and len(forwards) <= 3
+    # Tokens are computed ahead of the consumer, but the row stops a step after it left.
+    assert len(pieces) == 2 and forwards(gen, "ascii:1") < 50
     assert "cancelled after 2 tokens" in caplog.text
 
 
-def test_a_cancellation_thrown_at_a_yield_stops_it_too(registry, make_generator, forwards, caplog):
+def test_a_cancellation_thrown_at_a_yield_stops_it_too(registry, make_generator, caplog):
     # What Serve does when it closes a stream while the generator waits at a yield.
     registry.add("ascii", 1, "gpt", ASCII)
     gen = make_generator("ascii:1")
@@ -210,11 +216,77 @@ def test_a_cancellation_thrown_at_a_yield_stops_it_too(registry, make_generator,
             await agen.athrow(asyncio.CancelledError())
         with pytest.raises(StopAsyncIteration):
             await agen.__anext__()
+        batch = gen.cache["ascii:1"].decoder.batch
+        await until(lambda: not batch.rows)
 
     with caplog.at_level(logging.INFO, logger="ray.serve"):
         asyncio.run(main())
-    assert len(forwards) == 2
+    assert forwards(gen, "ascii:1") < 50
     assert "cancelled after 2 tokens" in caplog.text
+
+
+PROMPTS = [("Hi", 11), ("Once upon a time", 12), ("def main(", 13), ("x", 14)]
+
+
+@pytest.mark.parametrize("top_k", [1, None], ids=["greedy", "seeded"])
+def test_concurrent_streams_share_each_step_and_get_the_tokens_they_get_alone(
+    registry, make_generator, top_k
+):
+    registry.add("ascii", 1, "gpt", ASCII)
+    gen = make_generator("ascii:1")
+    tokens = 24
+    alone = [asyncio.run(pieces_of(gen, p, tokens, seed, top_k)) for p, seed in PROMPTS]
+    assert forwards(gen, "ascii:1") == len(PROMPTS) * tokens  # alone: a forward per token
+    before = forwards(gen, "ascii:1")
+
+    async def together() -> list[str]:
+        return await asyncio.gather(*(pieces_of(gen, p, tokens, s, top_k) for p, s in PROMPTS))
+
+    assert asyncio.run(together()) == alone
+    # Together: each prompt prefilled (one forward each, the first token), then one batched
+    # forward per further token for all four.
+    assert forwards(gen, "ascii:1") - before == len(PROMPTS) + tokens - 1
+
+
+def test_a_stream_joins_midway_and_one_cancelled_leaves_the_others_running(
+    registry, make_generator
+):
+    registry.add("ascii", 1, "gpt", ASCII)
+    gen = make_generator("ascii:1")
+    alone = {p: asyncio.run(pieces_of(gen, p, 40, seed)) for p, seed in PROMPTS[:3]}
+
+    async def main() -> dict[str, str]:
+        got: dict[str, list[str]] = {p: [] for p, _ in PROMPTS[:3]}
+        ten = asyncio.Event()
+
+        async def consume(prompt: str, seed: int, cancel_after: int | None = None) -> None:
+            async for piece in gen.generate(prompt, 40, 1.0, None, seed):
+                got[prompt].append(piece)
+                if len(got[prompt]) == 10:
+                    ten.set()
+                if len(got[prompt]) == cancel_after:
+                    raise asyncio.CancelledError
+
+        first = asyncio.create_task(consume(*PROMPTS[0]))
+        await ten.wait()  # the first is 10 tokens in when the others join
+        late = [asyncio.create_task(consume(*PROMPTS[1])), consume(*PROMPTS[2], cancel_after=5)]
+        results = await asyncio.gather(first, *late, return_exceptions=True)
+        assert isinstance(results[2], asyncio.CancelledError)
+        return {p: "".join(pieces) for p, pieces in got.items()}
+
+    got = asyncio.run(main())
+    assert got[PROMPTS[0][0]] == alone[PROMPTS[0][0]]
+    assert got[PROMPTS[1][0]] == alone[PROMPTS[1][0]]
+    assert got[PROMPTS[2][0]] == alone[PROMPTS[2][0]][:5]
+
+
+def test_without_the_kv_cache_the_text_is_the_same(registry, make_generator):
+    registry.add("tiny", 1, "gpt", {"preset": "tiny"})  # block_size 64: 40 tokens past it
+    cached = stream(make_generator("tiny:1"), prompt="x" * 50, tokens=54, seed=9)
+    assert (
+        stream(make_generator("tiny:1", kv_cache=False), prompt="x" * 50, tokens=54, seed=9)
+        == cached
+    )
 
 
 def test_versions_that_are_not_language_models_or_missing_or_misnamed_are_refused(
@@ -248,3 +320,19 @@ def test_max_models_per_replica_is_kept_once_the_multiplexer_exists(make_generat
     gen.reconfigure({"max_models_per_replica": 5, "threads": 2})
     assert (gen.config.max_models_per_replica, gen.config.threads) == (3, 2)
     assert "applies to replicas started from now on" in caplog.text
+
+
+def test_a_stream_runs_at_most_a_few_tokens_ahead_of_its_consumer(registry, make_generator):
+    registry.add("ascii", 1, "gpt", ASCII)
+    gen = make_generator("ascii:1")
+
+    async def main() -> None:
+        agen = gen.generate("Hi", 200, 1.0, None, 0)
+        await agen.__anext__()
+        await agen.__anext__()  # then the consumer stalls, without leaving
+        await until(lambda: forwards(gen, "ascii:1") >= 2 + 8)  # 8 ahead: DecodeLoop's default
+        await asyncio.sleep(0.3)  # a loop that did not pause would run ~100 more steps here
+        assert forwards(gen, "ascii:1") <= 2 + 8 + 1  # + the step in flight when it paused
+        await agen.aclose()
+
+    asyncio.run(main())

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models.gpt import GPT, GPT_PRESETS, GPTConfig, decode, encode, gpt_config
+from models.gpt import GPT, GPT_PRESETS, GPTConfig, KVCache, decode, encode, gpt_config, run_blocks
 
 
 def test_tiny_preset_is_under_a_million_parameters_and_the_formula_is_exact():
@@ -61,3 +61,75 @@ def test_bad_shapes_are_refused():
         GPTConfig(n_embd=65, n_head=2)
     with pytest.raises(ValueError, match="block_size"):
         GPT(gpt_config("tiny"))(torch.zeros(1, 65, dtype=torch.long))
+
+
+@pytest.fixture
+def small() -> GPT:
+    torch.manual_seed(0)
+    return GPT(gpt_config("small", block_size=48)).eval()
+
+
+def test_cached_logits_equal_the_full_forward(small):
+    idx = torch.randint(0, 256, (2, 40))
+    cache = small.new_cache(2)
+    with torch.no_grad():
+        prefill = small.forward_cached(idx[:, :10], cache)  # then one token at a time
+        steps = [small.forward_cached(idx[:, i : i + 1], cache) for i in range(10, 40)]
+        full = small(idx)[0]
+    assert torch.allclose(torch.cat([prefill, *steps], dim=1), full, atol=1e-5)
+    assert cache.lengths.tolist() == [40, 40]
+
+
+@pytest.mark.parametrize("sampling", [{"top_k": 1}, {"temperature": 0.9, "top_k": 40}])
+def test_cached_generation_gives_the_tokens_of_the_uncached_path(small, sampling):
+    prompt = torch.tensor([encode("def main(")])
+    cached, uncached = (
+        small.generate(
+            prompt, 30, generator=torch.Generator().manual_seed(3), kv_cache=kv, **sampling
+        )
+        for kv in (True, False)
+    )
+    assert torch.equal(cached, uncached)
+
+
+def test_past_block_size_the_window_slides_as_in_the_uncached_path(small):
+    prompt = torch.randint(0, 256, (1, 30))  # 30 + 40 tokens: 22 past block_size 48
+    cached = small.generate(prompt, 40, top_k=1, kv_cache=True)
+    assert torch.equal(cached, small.generate(prompt, 40, top_k=1, kv_cache=False))
+    long_prompt = torch.randint(0, 256, (1, 100))  # cut to its last 48 tokens
+    new = small.generate(long_prompt, 5, top_k=1)[:, 100:]
+    assert torch.equal(new, small.generate(long_prompt[:, -48:], 5, top_k=1)[:, 48:])
+
+
+def test_rows_of_different_lengths_decode_together_as_each_alone(small):
+    prompts = [torch.randint(0, 256, (1, n)) for n in (3, 17, 9)]
+    caches, logits = [], []
+    with torch.no_grad():
+        for p in prompts:  # each prefilled alone, then batched
+            caches.append(small.new_cache(1))
+            logits.append(small.forward_cached(p, caches[-1])[:, -1])
+        batch = KVCache.cat(caches)
+        alone = [c.select([0]) for c in caches]  # copies: the batch does not touch them
+        tokens = [[int(z.argmax())] for z in logits]
+        for _ in range(12):
+            batched = small.forward_cached(torch.tensor([t[-1:] for t in tokens]), batch)[:, -1]
+            for row, t in enumerate(tokens):
+                one = small.forward_cached(torch.tensor([t[-1:]]), alone[row])[:, -1]
+                assert torch.allclose(batched[row], one[0], atol=1e-5)
+                t.append(int(batched[row].argmax()))
+    assert batch.lengths.tolist() == [3 + 12, 17 + 12, 9 + 12]
+    kept = batch.select([2, 0])  # a row leaves; the others keep their positions
+    assert kept.lengths.tolist() == [21, 15]
+
+
+def test_a_range_of_blocks_runs_with_its_own_cache_as_a_pipeline_stage_would(small):
+    idx = torch.randint(0, 256, (1, 12))
+    first, second = KVCache.empty(small.cfg, 1, 2), KVCache.empty(small.cfg, 1, 2)
+    with torch.no_grad():
+        x = small.embed(idx, first.lengths)
+        x = run_blocks(small.blocks[2:], run_blocks(small.blocks[:2], x, first), second)
+        assert torch.allclose(small.head(x), small(idx)[0], atol=1e-5)
+        with pytest.raises(ValueError, match="2 layers for 4 blocks"):
+            run_blocks(small.blocks, x, first)
+        with pytest.raises(ValueError, match="exceed the cache's 48"):
+            run_blocks(small.blocks[:2], torch.zeros(1, 40, 128), first)
