@@ -99,8 +99,10 @@ class StageGroup:
         with self._lock:
             self._start()
 
-    def submit(self, idx: torch.Tensor) -> tuple[list, int]:
+    def submit(self, idx: torch.Tensor, micro_batches: int | None = None) -> tuple[list, int]:
         """Send ``idx`` (B, T) through the stages in micro-batches; no waiting.
+
+        ``micro_batches`` overrides the config's (1: the whole batch as one, stage after stage).
 
         Returns:
             One ObjectRef of logits (b_i, T, vocab) per micro-batch, in order, and the
@@ -115,7 +117,8 @@ class StageGroup:
                 version=self.source.version,
             )
         refs = []
-        for micro in torch.tensor_split(idx, min(self.config.micro_batches, len(idx))):
+        parts = min(micro_batches or self.config.micro_batches, len(idx))
+        for micro in torch.tensor_split(idx, parts):
             ref = micro
             for actor in actors:
                 ref = actor.forward.remote(ref)
