@@ -3,12 +3,13 @@
 - ``rate_limiter``: the global per-key quota every gateway replica leases from.
 - ``release``: releases (config, the controller actor that decides them, the gateway's client).
 - ``shard_store``: a dataset's shards held by replica actors across nodes and datacenters.
+- ``pipeline``: pipeline-stage actors (a GPT split by layers over a placement group).
 - ``serve_singleton``: the one named, detached actor of a class in the Serve namespace.
 """
 
 from __future__ import annotations
 
-__all__ = ["rate_limiter", "release", "serve_singleton", "shard_store"]
+__all__ = ["pipeline", "rate_limiter", "release", "serve_singleton", "shard_store"]
 
 
 def serve_singleton(cls: type, name: str, **options):

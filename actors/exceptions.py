@@ -50,3 +50,34 @@ class ShardNotHeld(ShardStoreError):
 class ShardUnavailable(ShardStoreError):
     """No replica of a shard answered, after every retry: all its replicas were lost at
     once (more nodes than the replication factor allows), or the group is gone."""
+
+
+class PipelineError(RuntimeError):
+    """A pipeline-stage group cannot do what was asked.
+
+    Args:
+        message: What went wrong and what fixes it.
+        model: The registered model the group serves.
+        version: Its version.
+        stage: The stage concerned, as ``k/p`` (1-based), or ``""`` for the whole group.
+    """
+
+    def __init__(self, message: str, model: str, version: int | str, stage: str = "") -> None:
+        super().__init__(message)
+        self.model, self.version, self.stage = model, str(version), stage
+
+    def __reduce__(self):  # keep the context across pickling (Ray re-raises it in the caller)
+        return (type(self), (str(self), self.model, self.version, self.stage))
+
+
+class StageOverBudget(PipelineError, ValueError):
+    """A stage's slice of the weights is larger than its memory budget: split into more stages
+    (``num_stages``) or raise ``stage_memory_bytes``."""
+
+
+class InvalidSplit(PipelineError, ValueError):
+    """A pipeline config does not fit the model (more stages than layers, bad split points)."""
+
+
+class PipelineUnavailable(PipelineError):
+    """The group failed and could not be brought back within the attempts allowed."""

@@ -40,8 +40,12 @@ def write_manifest(folder: Path) -> str:
     return sha256_file(folder / MANIFEST_FILE)
 
 
-def verify(folder: Path, manifest_sha256: str) -> None:
-    """Raise ArtifactIntegrityError unless the manifest and every file match their hashes."""
+def verify(folder: Path, manifest_sha256: str, only: tuple[str, ...] | None = None) -> None:
+    """Raise ArtifactIntegrityError unless the manifest and every file match their hashes.
+
+    ``only`` checks just those files of the manifest (a pipeline stage downloads the weights
+    and config, not the ONNX model); a name the manifest lacks is refused too.
+    """
     manifest_path = folder / MANIFEST_FILE
     if not manifest_path.exists():
         raise ArtifactIntegrityError("Model package has no manifest.json.", path=str(folder))
@@ -50,7 +54,10 @@ def verify(folder: Path, manifest_sha256: str) -> None:
             "manifest.json does not match the hash the registry recorded: refusing to load.",
             path=str(manifest_path),
         )
-    for name, expected in json.loads(manifest_path.read_text())["files"].items():
+    files = json.loads(manifest_path.read_text())["files"]
+    if only is not None:
+        files = {name: files.get(name, "") for name in only}
+    for name, expected in files.items():
         path = folder / name
         if not path.is_file() or sha256_file(path) != expected:
             raise ArtifactIntegrityError(

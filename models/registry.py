@@ -300,22 +300,31 @@ class Registry:
             ) from None
         return _info(mv)
 
-    def fetch(self, info: ModelVersionInfo, dest: Path | None = None) -> Path:
+    def fetch(
+        self, info: ModelVersionInfo, dest: Path | None = None, files: tuple[str, ...] | None = None
+    ) -> Path:
         """Download a version's package and verify it against the registry's manifest hash.
 
         Without ``dest`` it goes to a temporary folder that lives as long as this process
-        (removed at exit): jobs read from it until they end.
+        (removed at exit): jobs read from it until they end. ``files`` downloads only those
+        files of the package (and its manifest), each verified.
         """
         if dest is None:
             dest = Path(tempfile.mkdtemp(prefix=f"aimass-{info.name}-v{info.version}-"))
             atexit.register(shutil.rmtree, dest, ignore_errors=True)
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=info.source, dst_path=str(dest), tracking_uri=self.tracking_uri
-            )
-        )
-        package.verify(local, info.manifest_sha256)
+        if files is None:
+            local = Path(self._download(info.source, dest))
+        else:
+            local = dest / "model"
+            for name in (package.MANIFEST_FILE, *files):
+                self._download(f"{info.source}/{name}", local)
+        package.verify(local, info.manifest_sha256, only=files)
         return local
+
+    def _download(self, uri: str, dest: Path) -> str:
+        return mlflow.artifacts.download_artifacts(
+            artifact_uri=uri, dst_path=str(dest), tracking_uri=self.tracking_uri
+        )
 
     def _model(self, name: str):
         check_name(name, "model name")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -28,11 +30,24 @@ def save_weights(model: nn.Module, path: Path) -> None:
     save_file(state, str(path), metadata={_TIED: json.dumps(tied)})
 
 
+def read_tensors(path: Path, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of a file written by ``save_weights``, tied names included (sharing one tensor).
+
+    ``names`` reads only those: safetensors reads each tensor alone, so a pipeline stage
+    loads its slice without the rest of the file.
+    """
+    with safe_open(str(path), framework="pt") as f:
+        tied = json.loads((f.metadata() or {}).get(_TIED, "{}"))
+        wanted = [*f.keys(), *tied] if names is None else list(names)
+        stored: dict[str, torch.Tensor] = {}
+        for name in wanted:
+            source = tied.get(name, name)
+            if source not in stored:
+                stored[source] = f.get_tensor(source)
+        return {name: stored[tied.get(name, name)] for name in wanted}
+
+
 def load_weights(model: nn.Module, path: Path) -> nn.Module:
     """Load weights saved by ``save_weights`` into ``model`` (strict: every key must match)."""
-    with safe_open(str(path), framework="pt") as f:
-        state = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
-        tied = json.loads((f.metadata() or {}).get(_TIED, "{}"))
-    state.update({name: state[source] for name, source in tied.items()})
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(read_tensors(path), strict=True)
     return model

@@ -105,3 +105,29 @@ def package_factory(tmp_path_factory: pytest.TempPathFactory):
 def make_package(package_factory):
     """``package_factory`` for one test."""
     return package_factory
+
+
+@pytest.fixture(scope="session")
+def register_gpt(tmp_path_factory: pytest.TempPathFactory):
+    """``register_gpt(registry, "lm", seed=0, n_layer=4)``: a fresh GPT (``tiny`` preset with
+    those overrides, weights from ``seed``) registered as a new version (weights and config,
+    no ONNX model). Returns the version's info and the model."""
+    import torch
+
+    from models import package
+    from models.gpt import GPT
+    from models.weights import save_weights
+    from models.zoo import architecture, build_model
+
+    def register(registry, name: str = "lm", seed: int = 0, **overrides):
+        torch.manual_seed(seed)
+        options = {"preset": "tiny", **overrides}
+        model: GPT = build_model("gpt", **options).eval()
+        folder = tmp_path_factory.mktemp(f"gpt-{name}")
+        save_weights(model, folder / package.WEIGHTS_FILE)
+        signature = architecture("gpt").signature_for(options)
+        package.PackageConfig("gpt", signature, options, {}).write(folder)
+        run = registry.client.create_run(registry.experiment(name))
+        return registry.register(name, run.info.run_id, folder), model
+
+    return register
