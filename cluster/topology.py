@@ -17,6 +17,9 @@ ZONE_LABEL = "ray.io/availability-zone"
 # Environment variables a raylet reads at start to set the two labels above.
 REGION_ENV = "RAY_NODE_REGION"
 ZONE_ENV = "RAY_NODE_ZONE"
+# The resource only the head node has (ray._common.constants.HEAD_NODE_RESOURCE_NAME);
+# asking for a sliver of it places an actor there, as Ray Train's own state actor does.
+HEAD_RESOURCE = "node:__internal_head__"
 
 
 @dataclass(frozen=True, slots=True)

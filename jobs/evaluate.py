@@ -11,6 +11,10 @@ run) and ONNX Runtime latency. For language models: next-token loss (nats per to
 perplexity (``--dataset python_stdlib`` is their default). Gates compare it with the
 current champion, re-measured on the same split. A failing gate ends the job with status 1
 and says which gate, and by how much.
+
+``--data-source shard_store`` reads the split through a ShardStore group of its own (named
+``evaluate-<model>-v<version>``, ``--shard-replicas`` per shard), as training does with
+``--set data_source=shard_store``, instead of from storage in this process.
 """
 
 from __future__ import annotations
@@ -20,16 +24,19 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field
+import numpy as np
+from pydantic import BaseModel, Field, PositiveInt
 
+from actors import shard_store
 from cluster.settings import get_settings
 from jobs._private.cli import parse_config
 from jobs._private.publish import LM_TEST_ROWS, lm_test_metrics
 from jobs._private.runs import mlflow_run
 from models import package
 from models.compression.latency import onnx_latency
-from models.dataset import dataset_uri, read_manifest
+from models.dataset import FEATURES, LABEL, TOKENS, Manifest, dataset_uri, read_manifest
 from models.evaluation import (
     classification_metrics,
     confusion,
@@ -55,6 +62,14 @@ class EvaluateConfig(BaseModel):
         "for language models.",
     )
     split: str = Field("test", pattern="^(val|test)$", description="Held-out split.")
+    data_source: Literal["storage", "shard_store"] = Field(
+        "storage",
+        description="Where the split is read: storage (its Parquet shards, in this process) "
+        "or shard_store (a ShardStore group started for the job, read via its replicas).",
+    )
+    shard_replicas: PositiveInt = Field(
+        1, description="shard_store: replicas per shard (1: a lost one is read again)."
+    )
     max_accuracy_drop: float = Field(
         0.005, ge=0, le=1, description="Largest accuracy drop vs the champion (0.005 = 0.5 pt)."
     )
@@ -155,8 +170,32 @@ def _lm_loss(tokens) -> Callable[[Path], float]:
     return score
 
 
-def evaluate_classifier(cfg, registry, info, folder, manifest, run_id) -> list[Gate]:
-    x, y = manifest.load_split(cfg.split)
+def read_through_shard_store(
+    manifest: Manifest, split: str, group: str, factor: int
+) -> dict[str, np.ndarray]:
+    """``split``'s columns in manifest order, read through a ShardStore group started for
+    the read (and stopped after it)."""
+    with shard_store.running(manifest, group=group, splits=(split,), factor=factor) as name:
+        reader = shard_store.ShardReader(name)
+        parts = [reader.get(spec.shard_id) for spec in reader.specs(split)]
+        # concatenate copies out of the replicas' objects before the group ends
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def held_out(cfg: EvaluateConfig, manifest: Manifest, lm: bool, group: str):
+    """The split as ``Manifest.load_split`` (x, y) or ``load_tokens`` (lm) gives it, from
+    ``cfg.data_source``."""
+    if cfg.data_source == "storage":
+        return manifest.load_tokens(cfg.split) if lm else manifest.load_split(cfg.split)
+    columns = read_through_shard_store(manifest, cfg.split, group, cfg.shard_replicas)
+    if lm:
+        return columns[TOKENS].astype(np.int64)
+    x = columns[FEATURES].astype(np.float32).reshape(-1, *manifest.feature_shape)
+    return x, columns[LABEL].astype(np.int64)
+
+
+def evaluate_classifier(cfg, registry, info, folder, data, run_id) -> list[Gate]:
+    x, y = data
     metrics, matrix = measure(folder, x, y)
     for key, value in metrics.items():
         registry.client.log_metric(run_id, key, value)
@@ -178,8 +217,8 @@ def evaluate_classifier(cfg, registry, info, folder, manifest, run_id) -> list[G
     return gates(cfg, metrics, champion_score(registry, info, _accuracy(x, y)))
 
 
-def evaluate_language_model(cfg, registry, info, folder, manifest, run_id) -> list[Gate]:
-    tokens = manifest.load_tokens(cfg.split)[:LM_TEST_ROWS]
+def evaluate_language_model(cfg, registry, info, folder, data, run_id) -> list[Gate]:
+    tokens = data[:LM_TEST_ROWS]
     metrics = lm_test_metrics(cpu_session(folder / package.ONNX_FILE, threads=1), tokens)
     for key, value in metrics.items():
         registry.client.log_metric(run_id, key, value)
@@ -202,10 +241,11 @@ def main(argv: list[str] | None = None) -> None:
     dataset = cfg.dataset or ("python_stdlib" if lm else "digits")
     manifest = read_manifest(dataset_uri(settings.storage_root, dataset))
     run_name = f"evaluate-{info.name}-v{info.version}"
+    data = held_out(cfg, manifest, lm, group=run_name)
     tags = {"aimass.evaluated": f"{info.name}@{info.version}"}
     with mlflow_run(registry, info.name, run_name, cfg.model_dump(), tags) as run_id:
         evaluate = evaluate_language_model if lm else evaluate_classifier
-        results = evaluate(cfg, registry, info, folder, manifest, run_id)
+        results = evaluate(cfg, registry, info, folder, data, run_id)
     for gate in results:
         print(f"[evaluate] gate {gate.describe()}")
     if not all(g.passed for g in results):

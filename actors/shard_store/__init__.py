@@ -13,8 +13,9 @@ training ranks iterate their disjoint, per-epoch shuffled part of a split.
 
 from __future__ import annotations
 
-from actors.shard_store.coordinator import NAMESPACE, ReplicaInfo, coordinator_name
-from actors.shard_store.group import connect, placement, start, stop
+from actors.shard_store.coordinator import ReplicaInfo
+from actors.shard_store.group import connect, placement, running, start, stop
+from actors.shard_store.names import NAMESPACE, coordinator_name
 from actors.shard_store.plan import Node, Placement, Segment, place, rank_segments, segment_rows
 from actors.shard_store.reader import ReadLedger, ShardReader, ShardStoreShard
 from actors.shard_store.shard import ShardSpec, load, shard_specs, verified_bytes
@@ -35,6 +36,7 @@ __all__ = [
     "place",
     "placement",
     "rank_segments",
+    "running",
     "segment_rows",
     "shard_specs",
     "start",

@@ -3,34 +3,32 @@
 One coordinator per group (named ``shards:<group>:coordinator``), one replica actor per
 node it uses (``shards:<group>:replica:<datacenter>:<node id, 8 hex>``), all in the
 ``aimass-shards`` namespace, so the Ray dashboard's actor list says what each one holds.
-Replicas are pinned to their node (hard node affinity) and owned by the coordinator: they
-end with it, and a node's loss ends only that node's replica. The watch loop then keeps or
+Replicas are pinned to their node (hard node affinity) and detached, so neither a node's
+loss nor the coordinator's takes more than that one actor with it. The watch loop keeps or
 re-creates the factor: a surviving replica copies the shard from another survivor, or reads
 it from storage (checked against the manifest) when none is left.
+
+The coordinator holds no state that the replicas do not: Ray restarts it (the group sets
+``max_restarts=-1``), and the new one finds the group's replicas by name, asks each what it
+holds, and repairs from there. Readers hold replica handles, so reads go on meanwhile.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from actors.shard_store.names import NAMESPACE, replica_name, replica_prefix
 from actors.shard_store.plan import Node, place
 from actors.shard_store.replica import ShardReplica
 from actors.shard_store.shard import ShardSpec
 from cluster.topology import datacenter_of
 
-NAMESPACE = "aimass-shards"
-
-
-def coordinator_name(group: str) -> str:
-    return f"shards:{group}:coordinator"
-
-
-def replica_name(group: str, node: Node) -> str:
-    return f"shards:{group}:replica:{node.datacenter or 'unlabelled'}:{node.node_id[:8]}"
+STOP_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +49,25 @@ def alive_nodes() -> list[Node]:
     ]
 
 
+Found = tuple[ReplicaInfo, ray.actor.ActorHandle, dict[str, str]]
+"""A live replica of a group: its info, handle, and shard id -> SHA-256 held."""
+
+
+def found_replicas(group: str) -> list[Found]:
+    """The group's live replica actors, found by name, and what each holds."""
+    out = []
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        if entry["namespace"] != NAMESPACE or not entry["name"].startswith(replica_prefix(group)):
+            continue
+        try:
+            handle = ray.get_actor(entry["name"], namespace=NAMESPACE)
+            node_id, datacenter, held = ray.get(handle.describe.remote(), timeout=10)
+        except (ValueError, ray.exceptions.RayError):
+            continue  # ended meanwhile: the first repair replaces what it held
+        out.append((ReplicaInfo(entry["name"], node_id, datacenter), handle, held))
+    return out
+
+
 class ShardStoreCoordinator:
     """Owns a group's replicas and their placement (made remote, threaded, by the group).
 
@@ -58,16 +75,49 @@ class ShardStoreCoordinator:
         group: The group's name (its dataset's name unless told otherwise).
         specs: The shards the group holds.
         factor: Replicas per shard, on distinct nodes (datacenters first).
+        datacenter: Keep every replica in this datacenter ("": anywhere).
+        watch_interval_s: As an actor: take back the group's live replicas (there are some
+            when Ray restarted this coordinator) and repair every this many seconds.
+            None (tests): neither.
     """
 
-    def __init__(self, group: str, specs: list[ShardSpec], factor: int) -> None:
-        self.group, self.factor = group, factor
+    def __init__(
+        self,
+        group: str,
+        specs: list[ShardSpec],
+        factor: int,
+        datacenter: str = "",
+        watch_interval_s: float | None = None,
+    ) -> None:
+        self.group, self.factor, self.datacenter = group, factor, datacenter
         self.specs = {s.shard_id: s for s in specs}
         self.replicas: dict[str, tuple[ReplicaInfo, ray.actor.ActorHandle]] = {}
         self.holders: dict[str, list[str]] = {s: [] for s in self.specs}
         self.repairs = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        if watch_interval_s is not None:
+            adopted = self.adopt(found_replicas(group))
+            if adopted:
+                print(f"[shards] {group}: took back {adopted} replicas", flush=True)
+            self._watch(watch_interval_s)
+
+    def adopt(self, found: list[Found]) -> int:
+        """Take ``found`` replicas (``found_replicas``) into the placement: each shard it
+        holds with the manifest's SHA-256 counts as a replica; one it holds of another
+        manifest (a group of the same name before) is dropped. Returns replicas taken."""
+        with self._lock:
+            for info, handle, held in found:
+                if info.node_id in self.replicas:
+                    continue
+                self.replicas[info.node_id] = (info, handle)
+                for shard_id, sha256 in held.items():
+                    spec = self.specs.get(shard_id)
+                    if spec is not None and spec.sha256 == sha256:
+                        self.holders[shard_id].append(info.node_id)
+                    else:
+                        handle.drop.remote(shard_id)
+            return len(found)
 
     # --- placement ------------------------------------------------------------------------
 
@@ -77,7 +127,7 @@ class ShardStoreCoordinator:
         with self._lock:
             nodes = alive_nodes()
             lost = self._drop_lost({n.node_id for n in nodes})
-            plan = place(list(self.specs), nodes, self.factor, self.holders)
+            plan = place(list(self.specs), nodes, self.factor, self.holders, self.datacenter)
             adds = plan.additions(self.holders)
             by_id = {n.node_id: n for n in nodes}
             pending = []
@@ -103,9 +153,12 @@ class ShardStoreCoordinator:
                     namespace=NAMESPACE,
                     num_cpus=0,
                     max_restarts=0,  # its objects die with it: a restart would hold nothing
+                    # Not owned by this coordinator, so it outlives a coordinator restart;
+                    # its lease ends it once the group's coordinator is gone for good.
+                    lifetime="detached",
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
                 )
-                .remote(self.group, node.node_id, node.datacenter)
+                .remote(self.group, node.node_id, node.datacenter, lease=True)
             )
             self.replicas[node.node_id] = (info, handle)
         return self.replicas[node.node_id][1]
@@ -155,7 +208,7 @@ class ShardStoreCoordinator:
 
     # --- the watch loop -------------------------------------------------------------------
 
-    def watch(self, interval_s: float) -> None:
+    def _watch(self, interval_s: float) -> None:
         """Repair every ``interval_s`` until ``stop``; runs on a thread of its own."""
 
         def loop() -> None:
@@ -168,8 +221,19 @@ class ShardStoreCoordinator:
         threading.Thread(target=loop, name=f"shards-{self.group}-watch", daemon=True).start()
 
     def stop(self) -> None:
+        """End every replica, and return once their names are free: a group of the same
+        name (a resumed run) may start at once."""
         self._stop.set()
         with self._lock:
             for _, handle in self.replicas.values():
                 ray.kill(handle)
+            names = [info.name for info, _ in self.replicas.values()]
             self.replicas.clear()
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for name in names:
+            while time.monotonic() < deadline:
+                try:
+                    ray.get_actor(name, namespace=NAMESPACE)
+                except ValueError:
+                    break
+                time.sleep(0.05)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import ray
 
-from actors.shard_store.coordinator import NAMESPACE, ShardStoreCoordinator, coordinator_name
+from actors.shard_store.coordinator import ShardStoreCoordinator
+from actors.shard_store.names import NAMESPACE, coordinator_name
 from actors.shard_store.shard import shard_specs
+from cluster.topology import HEAD_RESOURCE
 from models.dataset import SPLITS, Manifest
 
 WATCH_INTERVAL_S = 1.0
@@ -17,6 +22,7 @@ def start(
     group: str | None = None,
     splits: tuple[str, ...] = SPLITS,
     factor: int = 2,
+    datacenter: str = "",
     detached: bool = False,
 ) -> ray.actor.ActorHandle:
     """Start a group holding ``splits`` of ``manifest`` with ``factor`` replicas per shard;
@@ -26,6 +32,7 @@ def start(
 
     Args:
         group: The group's name (default: the dataset's); names its actors.
+        datacenter: Keep every replica on nodes of this datacenter ("": anywhere).
         detached: Outlive the job that starts it (``stop`` ends it); otherwise it ends
             with the job.
 
@@ -33,7 +40,6 @@ def start(
         ShardChecksumError: A shard on storage fails its SHA-256 check.
     """
     name = group or manifest.data["dataset"]
-    here = ray.get_runtime_context().get_node_id()
     coordinator = (
         ray.remote(ShardStoreCoordinator)
         .options(
@@ -41,18 +47,33 @@ def start(
             namespace=NAMESPACE,
             num_cpus=0,
             max_concurrency=8,  # the watch loop, repairs and readers' location queries
+            # Restarted whenever it dies; it rebuilds its view from the replicas. Calls made
+            # meanwhile (a reader asking for locations) wait for the new one.
+            max_restarts=-1,
+            max_task_retries=-1,
             lifetime="detached" if detached else None,
-            # Near the caller (a job's driver on the head, usually), not on a node that
-            # may be lost: the coordinator holds the placement.
-            scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
-                here, soft=True
-            ),
+            # On the head: it holds the GCS, so the cluster ends with it anyway (no GCS
+            # fault tolerance here), and the autoscaler never removes it, while workers,
+            # where the data lives, come and go. A worker's loss then never takes the
+            # coordinator along with replicas it must repair.
+            resources={HEAD_RESOURCE: 0.001},
         )
-        .remote(name, shard_specs(manifest, splits), factor)
+        .remote(name, shard_specs(manifest, splits), factor, datacenter, WATCH_INTERVAL_S)
     )
     ray.get(coordinator.repair.remote())
-    ray.get(coordinator.watch.remote(WATCH_INTERVAL_S))
     return coordinator
+
+
+@contextmanager
+def running(manifest: Manifest, **options) -> Iterator[str]:
+    """A group started (``start``'s options) for the block, stopped after it; yields its
+    name."""
+    name = options.get("group") or manifest.data["dataset"]
+    coordinator = start(manifest, **options)  # noqa: F841 - held: the group lives with it
+    try:
+        yield name
+    finally:
+        stop(name)
 
 
 def connect(group: str) -> ray.actor.ActorHandle:

@@ -55,6 +55,7 @@ def place(
     nodes: Sequence[Node],
     factor: int,
     current: Mapping[str, Sequence[str]] | None = None,
+    datacenter: str = "",
 ) -> Placement:
     """Every shard on ``factor`` distinct nodes of ``nodes``.
 
@@ -63,11 +64,22 @@ def place(
     loses no shard), then to the node holding the fewest shards, ties by node id: the same
     inputs always give the same placement.
 
+    Args:
+        datacenter: Only nodes of this datacenter (a run tied to one: its reads stay
+            inside it); replicas in ``current`` elsewhere are not kept. "": any node.
+
     Raises:
-        ValueError: ``factor`` < 1, or no nodes.
+        ValueError: ``factor`` < 1, or no nodes (in ``datacenter``).
     """
     if factor < 1:
         raise ValueError(f"replication factor {factor}: it must be >= 1 (2 survives a node).")
+    if datacenter:
+        nodes = [n for n in nodes if n.datacenter == datacenter]
+        if not nodes:
+            raise ValueError(
+                f"No alive nodes in datacenter {datacenter!r} to place shards on; start "
+                "nodes labelled with it, or leave the run's datacenter empty."
+            )
     if not nodes:
         raise ValueError("No alive nodes to place shards on; start the cluster's nodes first.")
     by_id = {n.node_id: n for n in nodes}

@@ -20,7 +20,7 @@ import ray
 import torch
 
 from actors.exceptions import ShardNotHeld, ShardUnavailable
-from actors.shard_store.coordinator import NAMESPACE, coordinator_name
+from actors.shard_store.names import NAMESPACE, coordinator_name
 from actors.shard_store.plan import rank_segments, segment_rows
 from actors.shard_store.shard import Columns
 from cluster.topology import datacenter_of

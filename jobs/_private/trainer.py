@@ -121,18 +121,18 @@ def fit(
     """Run the training function on ``cfg.num_workers`` Ray Train workers; return the model.
 
     With ``data_source=shard_store`` the run starts its own ShardStore group (named after
-    the run) before the workers and stops it after them.
+    the run, inside ``cfg.datacenter`` when it has one) before the workers and stops it
+    after them.
     """
     if cfg.data_source != "shard_store":
         trainer = make_trainer(cfg, manifest, settings, run_id, teacher=teacher)
         return load_model(cfg, trainer.fit().checkpoint)
-    group = shard_store.start(  # noqa: F841 - held: the group lives as long as this handle
-        manifest, group=cfg.name, splits=("train", "val"), factor=cfg.shard_replicas
-    )
-    try:
-        trainer = make_trainer(
-            cfg, manifest, settings, run_id, teacher=teacher, shard_group=cfg.name
-        )
+    with shard_store.running(
+        manifest,
+        group=cfg.name,
+        splits=("train", "val"),
+        factor=cfg.shard_replicas,
+        datacenter=cfg.datacenter,
+    ) as group:
+        trainer = make_trainer(cfg, manifest, settings, run_id, teacher=teacher, shard_group=group)
         return load_model(cfg, trainer.fit().checkpoint)
-    finally:
-        shard_store.stop(cfg.name)

@@ -115,3 +115,13 @@ def test_synthetic_ingest_streams_shards_with_hashes_and_is_deterministic(tmp_pa
     assert len(first.shard_uris("train")) == 3
     again = ingest(cfg, str(tmp_path / "b"))
     assert again.data["splits"] == first.data["splits"]
+    sizes = [s["rows"] for s in first.data["splits"]["train"]["shards"]]
+    assert sizes == [len(a) for a in np.array_split(np.arange(first.rows("train")), 3)]
+
+
+def test_synthetic_shard_sizes_need_no_index_array():
+    from jobs.ingest import shard_sizes
+
+    for rows, shards in [(100, 3), (7, 64), (8_500_000, 64)]:
+        expected = [len(a) for a in np.array_split(np.arange(rows), shards)]
+        assert shard_sizes(rows, shards) == expected

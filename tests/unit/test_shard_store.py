@@ -1,6 +1,7 @@
 """ShardStore's pure parts: placement plans, per-epoch rank splits, checksum checks."""
 
 import pickle
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import pytest
 from actors.exceptions import ShardChecksumError
 from actors.shard_store import (
     Node,
+    ReplicaInfo,
     ShardSpec,
     ShardStoreShard,
     load,
@@ -16,6 +18,7 @@ from actors.shard_store import (
     segment_rows,
     shard_specs,
 )
+from actors.shard_store.coordinator import ShardStoreCoordinator
 from actors.shard_store.replica import ShardReplica
 from jobs.ingest import IngestConfig, ingest
 
@@ -145,3 +148,45 @@ def test_batches_cross_shard_boundaries_and_match_the_rank_split(drop_last):
     assert len(got) == len(set(got))
     if not drop_last:
         assert len(got) == sum(ROWS)
+
+
+def test_a_run_tied_to_a_datacenter_keeps_every_replica_inside_it():
+    nodes = [*TWO_DCS, Node("a3", "eu")]
+    plan = place(SHARDS, nodes, factor=2, datacenter="eu")
+    assert not plan.short
+    assert all(len(set(h)) == 2 and {n[0] for n in h} == {"a"} for h in plan.holders.values())
+    # a replica elsewhere (the group before) is not kept
+    moved = place(SHARDS, nodes, factor=2, current={SHARDS[0]: ["b1"]}, datacenter="eu")
+    assert "b1" not in moved.holders[SHARDS[0]]
+    # fewer nodes there than the factor: short, never spilled out
+    short = place(SHARDS, TWO_DCS, factor=3, datacenter="us")
+    assert set(short.short) == set(SHARDS) and all(h == ("b1",) for h in short.holders.values())
+    with pytest.raises(ValueError, match="No alive nodes in datacenter 'ap'"):
+        place(SHARDS, TWO_DCS, factor=2, datacenter="ap")
+
+
+class FakeReplicaHandle:
+    def __init__(self):
+        self.dropped = []
+        self.drop = SimpleNamespace(remote=self.dropped.append)
+
+
+def test_a_restarted_coordinator_takes_back_what_live_replicas_hold():
+    specs = [ShardSpec(f"s{i}", "train", "", 10, f"sha{i}") for i in range(3)]
+    coordinator = ShardStoreCoordinator("g", specs, factor=2)
+    a, b = FakeReplicaHandle(), FakeReplicaHandle()
+    found = [
+        (ReplicaInfo("shards:g:replica:eu:a", "a", "eu"), a, {"s0": "sha0", "s1": "sha1"}),
+        # s2 from another manifest (a group of the same name before): not counted, dropped
+        (ReplicaInfo("shards:g:replica:us:b", "b", "us"), b, {"s0": "sha0", "s2": "old"}),
+    ]
+    assert coordinator.adopt(found) == 2
+    assert coordinator.replication() == {"s0": 2, "s1": 1, "s2": 0}
+    assert b.dropped == ["s2"] and not a.dropped
+    rows = {r["node_id"]: r["shards"] for r in coordinator.placement()}
+    assert rows == {"a": ["s0", "s1"], "b": ["s0"]}
+    # what repair would add from here: only the missing replicas
+    plan = place(
+        list(coordinator.specs), [Node("a", "eu"), Node("b", "us")], 2, coordinator.holders
+    )
+    assert sorted(plan.additions(coordinator.holders)) == [("s1", "b"), ("s2", "a"), ("s2", "b")]
