@@ -160,3 +160,12 @@ def test_models_block_lists_shows_and_tells_the_history(shell: UserShell, traine
     assert len(lines) == 4, lines
     out = shell.run("\n".join(lines) + "\n").stdout
     assert "digits" in out and "champion" in out and "History of digits@champion" in out, out
+
+
+def test_shard_store_block_ingests_trains_and_evaluates_through_the_store(
+    shell: UserShell, started: str
+):
+    out = shell.run(shell.block("data_source=shard_store")).stdout
+    assert "[ingest] " in out and "synthetic" in out, out[-3000:]
+    assert "shard_store" in out, out[-3000:]
+    assert re.search(r"accuracy", out), out[-3000:]
