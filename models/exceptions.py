@@ -36,3 +36,8 @@ class ParityError(ModelError):
 
 class IncompatibleModel(ModelError, ValueError):
     """A version exists but cannot do what was asked, e.g. a classifier asked to generate."""
+
+
+class CacheLost(ModelError):
+    """The keys and values a cached forward needed are gone (a pipeline group restarted, or
+    a stage dropped its least recently used cache): prefill the rows again from their tokens."""

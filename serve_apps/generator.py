@@ -21,6 +21,15 @@ already running finishes, its token is dropped, none follows. Each stream sample
 own ``torch.Generator``: a seeded request gives the same text alone or batched with others.
 ``kv_cache: false`` in the user_config recomputes the whole context for every token (the
 baseline ``bench.generation`` measures the cache against).
+
+``pipeline: {num_stages: 2, ...}`` in the user_config serves each version through pipeline-
+stage actors (``actors.pipeline.StagedGPT``) instead of a GPT in the replica: the same decode
+loop, its forwards sent through the stages, each stage keeping the KV caches of its layers.
+A stage that dies restarts its group; the streams then running are prefilled again and go
+on. The group stops when its version has left the multiplexer's cache and its last stream
+ended, or when the replica stops (stage actors are owned by the replica: they die with it).
+A changed ``pipeline`` setting applies to a loaded version at its next request (it is
+loaded again; streams already running finish on the old one).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import asyncio
 import codecs
 import logging
 import tempfile
+import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +49,7 @@ from typing import TypeVar
 import torch
 from ray import serve
 
+from actors.pipeline import PipelineConfig, StagedGPT, owner_namespace
 from cluster.settings import get_settings
 from models import package
 from models.exceptions import IncompatibleModel
@@ -61,13 +72,23 @@ class LoadedLM:
 
     name: str
     version: int
-    model: GPT
+    model: GPT | StagedGPT
     decoder: DecodeLoop
     """Batches the decode steps of this version's streams."""
+    pipeline: PipelineConfig | None = None
+    """The ``pipeline`` setting it was loaded with (None: a GPT in this process)."""
 
     @property
     def model_id(self) -> str:
         return f"{self.name}:{self.version}"
+
+
+class _Cached:
+    """What the multiplexer caches for a version: its current ``LoadedLM``, replaced when the
+    ``pipeline`` setting changes (Serve's multiplexer takes no other way to reload an id)."""
+
+    def __init__(self, lm: LoadedLM) -> None:
+        self.lm, self.lock = lm, asyncio.Lock()
 
 
 def load_lm(folder: Path, name: str, version: int, forward: Forward) -> LoadedLM:
@@ -88,6 +109,27 @@ def load_lm(folder: Path, name: str, version: int, forward: Forward) -> LoadedLM
     return LoadedLM(name, version, model, DecodeLoop(model, forward))
 
 
+def load_staged(
+    registry: Registry,
+    name: str,
+    version: int,
+    pipeline: PipelineConfig,
+    owner: str,
+    forward: Forward,
+) -> LoadedLM:
+    """A version served by a started ``StagedGPT`` whose stages are named in ``owner``'s
+    namespace; its group stops once the returned ``LoadedLM`` is gone (evicted from the
+    multiplexer and no stream left)."""
+    # Each replica (owner) names its groups in a namespace of its own: stage names say model,
+    # version and stage only, and two replicas serving one version would otherwise take the
+    # same names (the second would wait for the first's to be freed, then fail).
+    placed = pipeline.model_copy(update={"namespace": owner_namespace(pipeline.namespace, owner)})
+    staged = StagedGPT.from_registry(registry, name, version, placed)
+    lm = LoadedLM(name, version, staged, DecodeLoop(staged, forward), pipeline)
+    weakref.finalize(lm, staged.shutdown)
+    return lm
+
+
 @serve.deployment
 class Generator:
     """Streams text from GPT versions of the registry.
@@ -105,7 +147,8 @@ class Generator:
             registry = Registry.from_settings(settings)
         self.registry = registry
         self.config = GeneratorConfig()
-        self._multiplexed: Callable[[str], Awaitable[LoadedLM]] | None = None
+        self._multiplexed: Callable[[str], Awaitable[_Cached]] | None = None
+        self._owner = ""  # this replica's id, for its stage groups' namespace (on first use)
         # Versions alive in this process: cached by the multiplexer or still streaming.
         self._loaded: weakref.WeakValueDictionary[str, LoadedLM] = weakref.WeakValueDictionary()
 
@@ -212,21 +255,46 @@ class Generator:
             self._multiplexed = serve.multiplexed(
                 max_num_models_per_replica=self.config.max_models_per_replica
             )(load)
-        return await self._multiplexed(model_id)
+        cached = await self._multiplexed(model_id)
+        if cached.lm.pipeline != self.config.pipeline:
+            async with cached.lock:  # one reload, however many requests wait for it
+                if cached.lm.pipeline != self.config.pipeline:
+                    cached.lm = await self._build(model_id)
+        return cached.lm
 
-    async def _load(self, model_id: str) -> LoadedLM:
+    async def _load(self, model_id: str) -> _Cached:
+        return _Cached(await self._build(model_id))
+
+    async def _build(self, model_id: str) -> LoadedLM:
         name, version = parse_model_id(model_id)
-        lm = await asyncio.to_thread(self._fetch_and_build, name, version)
+        lm = await asyncio.to_thread(self._fetch_and_build, name, version, self.config.pipeline)
         self._loaded[model_id] = lm
-        logger.info("loaded %s (%s)", model_id, lm.model.cfg)
+        how = f"over {lm.pipeline.num_stages} pipeline stages" if lm.pipeline else "in-process"
+        logger.info("loaded %s %s (%s)", model_id, how, lm.model.cfg)
         return lm
 
-    def _fetch_and_build(self, name: str, version: int) -> LoadedLM:
+    def _fetch_and_build(
+        self, name: str, version: int, pipeline: PipelineConfig | None
+    ) -> LoadedLM:
+        if pipeline is not None:
+            owner, forward = self._replica_id(), self._on_forward_thread
+            return load_staged(self.registry, name, version, pipeline, owner, forward)
         info = self.registry.get(name, version)
         # The weights end up in memory: the downloaded package is not needed after.
         with tempfile.TemporaryDirectory(prefix=f"aimass-{name}-v{version}-") as tmp:
             folder = self.registry.fetch(info, Path(tmp))
             return load_lm(folder, name, version, self._on_forward_thread)
 
+    def _replica_id(self) -> str:
+        if not self._owner:
+            try:
+                self._owner = serve.get_replica_context().replica_id.unique_id
+            except Exception:  # outside a Serve replica (tests, a driver): any unique id
+                self._owner = uuid.uuid4().hex[:8]
+        return self._owner
+
     def __del__(self) -> None:
         self._forwards.shutdown(wait=False, cancel_futures=True)
+        for lm in list(self._loaded.values()):  # the replica stops: so do its stage groups
+            if isinstance(lm.model, StagedGPT):
+                lm.model.shutdown()

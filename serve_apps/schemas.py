@@ -10,6 +10,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from actors.pipeline import PipelineConfig
 from cluster.topology import Datacenter
 
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
@@ -190,6 +191,13 @@ class GeneratorConfig(BaseModel):
         description="Keep each stream's keys and values (prefill once, then one token per "
         "forward, streams batched). false recomputes the whole context for every token: the "
         "baseline of bench.generation, not for serving.",
+    )
+    pipeline: PipelineConfig | None = Field(
+        None,
+        description="Serve each version through pipeline-stage actors instead of in this "
+        "replica, e.g. {num_stages: 2, stage_memory_bytes: 200000000}: a StagedGPT whose "
+        "stages each hold a slice of the layers and its KV caches. null (the default): the "
+        "whole GPT in the replica. A change applies to each loaded version at its next request.",
     )
 
 

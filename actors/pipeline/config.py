@@ -18,6 +18,17 @@ DEFAULT_NAMESPACE = "aimass-pipeline"
 """The Ray namespace stage actors are named in, unless a config says otherwise."""
 
 
+def owner_namespace(namespace: str, owner: str) -> str:
+    """``<namespace>.<owner>``: the namespace of the groups one owner (a Serve replica) starts,
+    so that two owners serving the same version hold distinct actor names."""
+    return f"{namespace}.{owner}"
+
+
+def in_namespace(candidate: str, namespace: str) -> bool:
+    """``candidate`` is ``namespace`` or an owner's namespace under it."""
+    return candidate == namespace or candidate.startswith(f"{namespace}.")
+
+
 class PipelineConfig(BaseModel):
     """A pipeline of ``num_stages`` stage actors over one model version."""
 
@@ -60,6 +71,12 @@ class PipelineConfig(BaseModel):
         min_length=1,
         description="Ray namespace of the stage actors' names (one group per model version "
         "and namespace).",
+    )
+    max_caches: int = Field(
+        64,
+        ge=1,
+        description="Decode caches (one per batch of streams) each stage keeps; past it the "
+        "least recently used is dropped and its streams prefill again.",
     )
     request_attempts: int = Field(
         3,

@@ -6,6 +6,10 @@ resolves an argument before the call runs and moves it stage to stage (through t
 store, never through the caller), and a stage actor runs its calls one at a time in the
 order they were sent: so stage k works on micro-batch i while stage k+1 works on i-1.
 
+Cached decoding (``submit_cached``) sends a batch as one micro-batch: each stage keeps one
+cache per key, and a decode step is one token per row, too little to pipeline. A restart
+loses every cache: the group's ``generation`` tells a caller whose caches are gone.
+
 A stage that dies takes the whole group down and back up (``restart``): every stage actor is
 killed and created again in the same placement group, and each reloads its slice, checked
 against the manifest's SHA-256. Stage actors have ``max_restarts=0``: Ray restarting one stage
@@ -22,7 +26,7 @@ from enum import Enum
 import torch
 
 from actors.exceptions import PipelineUnavailable
-from actors.pipeline.config import DEFAULT_NAMESPACE, PipelineConfig
+from actors.pipeline.config import DEFAULT_NAMESPACE, PipelineConfig, in_namespace
 from actors.pipeline.plan import StageSpec
 from actors.pipeline.stage import PackageSource, PipelineStage
 from cluster.topology import REGION_LABEL
@@ -125,6 +129,44 @@ class StageGroup:
             refs.append(ref)
         return refs, generation
 
+    def submit_cached(self, key: str, idx: torch.Tensor, start: list[int]) -> tuple[object, int]:
+        """Send T new tokens ``idx`` (B, T) of the rows cached under ``key`` (at positions
+        ``start``) through the stages; no waiting.
+
+        Returns:
+            The ObjectRef of the logits (B, T, vocab) and the generation it was sent to.
+        """
+        with self._lock:
+            actors, generation, state = self._actors, self.generation, self.state
+        if state is not GroupState.RUNNING:
+            raise PipelineUnavailable(
+                "The stage group is not running: start() it first.",
+                model=self.source.name,
+                version=self.source.version,
+            )
+        ref = idx
+        for actor in actors:
+            ref = actor.forward_cached.remote(key, ref, start)
+        return ref, generation
+
+    def cache_op(self, generation: int, method: str, *args) -> None:
+        """Call ``method`` (``cache_select``, ``cache_cat``, ``cache_free``) on every stage of
+        ``generation``, without waiting: a stage runs its calls in the order they were sent,
+        so the next forward sees it done. Nothing once that generation is gone (its caches
+        went with it)."""
+        with self._lock:
+            if generation != self.generation or self.state is not GroupState.RUNNING:
+                return
+            actors = list(self._actors)
+        for actor in actors:
+            getattr(actor, method).remote(*args)
+
+    def wait(self, ref) -> torch.Tensor:
+        """The value of a ref ``submit_cached`` returned, within the forward timeout."""
+        import ray
+
+        return ray.get(ref, timeout=self.config.forward_timeout_s)
+
     def restart(self, failed_generation: int) -> None:
         """Kill and recreate every stage, unless ``failed_generation`` was already replaced
         (by another caller that saw the same failure)."""
@@ -180,7 +222,9 @@ class StageGroup:
         pg = placement_group(
             [dict(bundle) for _ in self.plan],
             strategy=self.config.strategy,
-            name=f"{STAGE_PREFIX}{self.source.name}:{self.source.version}",
+            # Placement group names are unique per job namespace, not per actor namespace:
+            # the actors' namespace in the name lets two owners place the same version.
+            name=f"{STAGE_PREFIX}{self.config.namespace}:{self.source.name}:{self.source.version}",
             bundle_label_selector=selectors,
         )
         if not pg.wait(timeout_seconds=self.config.ready_timeout_s):
@@ -218,6 +262,7 @@ class StageGroup:
                 spec,
                 self.config.stage_memory_bytes,
                 self.config.threads_per_stage,
+                self.config.max_caches,
             )
         )
 
@@ -267,15 +312,16 @@ def describe(actors: list, names: list[str]) -> list[StagePlacement]:
 
 
 def placement(namespace: str = DEFAULT_NAMESPACE, model: str | None = None) -> list[StagePlacement]:
-    """Every stage actor alive in ``namespace`` (of ``model`` only, when given), by name:
-    what ``aimass status`` shows. Needs a connected Ray driver."""
+    """Every stage actor alive in ``namespace`` and its owners' namespaces under it
+    (``owner_namespace``), of ``model`` only when given, by name. Needs a connected Ray driver."""
     import ray
 
-    names = sorted(
-        entry["name"]
+    found = sorted(
+        (entry["name"], entry["namespace"])
         for entry in ray.util.list_named_actors(all_namespaces=True)
-        if entry["namespace"] == namespace
+        if in_namespace(entry["namespace"], namespace)
         and entry["name"].startswith(STAGE_PREFIX)
         and (model is None or entry["name"].split(":")[1] == model)
     )
-    return describe([ray.get_actor(n, namespace=namespace) for n in names], names)
+    actors = [ray.get_actor(name, namespace=ns) for name, ns in found]
+    return describe(actors, [name for name, _ in found])

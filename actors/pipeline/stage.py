@@ -5,6 +5,11 @@
 full model's tensors by name and runs the same arithmetic: the stages run one after another
 equal the whole model. ``PipelineStage`` is the plain class each stage actor runs (made
 remote by ``actors.pipeline.group``).
+
+Cached decoding: a stage keeps the ``KVCache`` of its own blocks for each decode batch, under a
+key its caller chose (``forward_cached``), at most ``max_caches`` of them (the least recently
+used goes first). A call whose cache is not there, or not at the positions the caller expects,
+raises ``CacheLost``: a cache is never silently made up, so the caller prefills again.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +29,8 @@ from actors.exceptions import StageOverBudget
 from actors.pipeline.plan import StageSpec
 from cluster.topology import datacenter_of
 from models import package
-from models.gpt import Block, GPTConfig
+from models.exceptions import CacheLost
+from models.gpt import GPT, Block, GPTConfig, KVCache, run_blocks
 from models.weights import read_tensors
 
 
@@ -58,6 +66,24 @@ class StageModule(nn.Module):
         if self.spec.head:
             x = self.lm_head(self.ln_f(x))
         return x
+
+    # GPT's own arithmetic on the same module names: a slice embeds and projects as GPT does.
+    embed = GPT.embed
+    head = GPT.head
+
+    def forward_cached(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """``forward`` for T new positions of each row after its ``cache.lengths`` cached ones
+        (this stage's blocks' cache, which takes their keys and values)."""
+        if self.spec.embeddings:
+            x = self.embed(x, cache.lengths)
+        x = run_blocks(list(self.blocks.values()), x, cache)
+        return self.head(x) if self.spec.head else x
+
+    def new_cache(self, batch: int) -> KVCache:
+        """An empty cache for this stage's blocks."""
+        w = next(self.parameters())
+        n_blocks = self.spec.layers[1] - self.spec.layers[0]
+        return KVCache.empty(self.cfg, batch, n_blocks, dtype=w.dtype, device=w.device)
 
     def param_bytes(self) -> int:
         """Bytes of the parameters actually held (a tied matrix once)."""
@@ -101,6 +127,7 @@ class PipelineStage:
         spec: This stage's slice.
         budget_bytes: Most parameter bytes it may hold; None: no limit.
         threads: torch intra-op threads (its CPUs).
+        max_caches: Decode caches it keeps (least recently used dropped first).
     """
 
     def __init__(
@@ -110,10 +137,13 @@ class PipelineStage:
         spec: StageSpec,
         budget_bytes: int | None = None,
         threads: int = 1,
+        max_caches: int = 64,
     ) -> None:
         self.source, self.cfg, self.spec, self.budget_bytes = source, cfg, spec, budget_bytes
         torch.set_num_threads(threads)
         self.module: StageModule | None = None
+        self.max_caches = max_caches
+        self._caches: OrderedDict[str, KVCache] = OrderedDict()
         self.weights_sha256 = ""
 
     def load(self) -> int:
@@ -144,6 +174,57 @@ class PipelineStage:
         """This stage's slice applied to one micro-batch (see ``StageModule``)."""
         with torch.inference_mode():
             return self.module(x)
+
+    def forward_cached(self, key: str, x: torch.Tensor, start: Sequence[int]) -> torch.Tensor:
+        """This stage's slice applied to T new positions of each row of ``x`` after the
+        ``start[b]`` positions the cache ``key`` holds; an all-zero ``start`` (a prefill)
+        makes that cache.
+
+        Raises:
+            CacheLost: ``key`` is not held (dropped, or this stage restarted) or holds other
+                positions than ``start``.
+        """
+        cache = self._caches.get(key)
+        if cache is None and not any(start):
+            cache = self.module.new_cache(len(x))
+        elif cache is None or cache.lengths.tolist() != list(start):
+            held = "none" if cache is None else cache.lengths.tolist()
+            raise CacheLost(
+                f"Stage {self.spec.label} holds no cache {key} at positions {list(start)} "
+                f"(it holds {held}): prefill the rows again.",
+                model=self.source.name,
+                version=str(self.source.version),
+            )
+        with torch.inference_mode():
+            out = self.module.forward_cached(x, cache)
+        self._keep(key, cache)
+        return out
+
+    def cache_select(self, key: str, source: str, rows: Sequence[int]) -> None:
+        """Keep ``rows`` of cache ``source`` as cache ``key`` (a stream left the batch)."""
+        if (cache := self._caches.get(source)) is not None:
+            self._keep(key, cache.select(rows))
+
+    def cache_cat(self, key: str, sources: Sequence[str]) -> None:
+        """The rows of caches ``sources``, one after another, as cache ``key`` (streams
+        joined); nothing when one is missing: the next forward of ``key`` says CacheLost."""
+        caches = [self._caches.get(s) for s in sources]
+        if all(c is not None for c in caches):
+            self._keep(key, KVCache.cat(caches))
+
+    def cache_free(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self._caches.pop(key, None)
+
+    def cache_keys(self) -> list[str]:
+        """The caches held, least recently used first."""
+        return list(self._caches)
+
+    def _keep(self, key: str, cache: KVCache) -> None:
+        self._caches[key] = cache
+        self._caches.move_to_end(key)
+        while len(self._caches) > self.max_caches:
+            self._caches.popitem(last=False)
 
     def describe(self) -> dict:
         """Where this stage runs and what it holds (for ``placement()``)."""

@@ -122,11 +122,12 @@ def _print_sharding(settings: Settings, nodes: list) -> None:
     """Where ShardStore replicas and pipeline stages run (their names say what they hold)."""
     from ray.util.state import list_actors
 
+    from actors.pipeline import DEFAULT_NAMESPACE as STAGES
     from actors.shard_store import NAMESPACE as SHARDS
     from cluster.cli import status
 
     found = list_actors(address=settings.dashboard_url, detail=True, limit=10_000)
-    rows = status.sharding_rows(found, status.region_of_nodes(nodes), (SHARDS,))
+    rows = status.sharding_rows(found, status.region_of_nodes(nodes), (SHARDS, STAGES))
     if rows:
         table = Table("actor", "datacenter", "node", "state", title="Sharding actors")
         for row in rows:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from actors.pipeline import in_namespace
 from cluster.topology import REGION_LABEL
 
 # Ray exports a metric made with ray.util.metrics under its name with a ``ray_`` prefix.
@@ -91,11 +92,15 @@ def routing_rows(answers: dict[tuple[str, str], float]) -> list[tuple[str, str, 
 
 
 def sharding_rows(actors: list, regions: dict[str, str], namespaces: tuple[str, ...]) -> list:
-    """``(actor name, datacenter, node, state)`` for the live actors of ``namespaces``: their
-    names say what they hold (dataset and shard replica, or model, version and stage)."""
+    """``(actor name, datacenter, node, state)`` for the live actors of ``namespaces`` (and of
+    the owners' namespaces under them, ``<namespace>.<owner>``: a Generator replica's stage
+    groups): their names say what they hold (dataset and shard replica, or model, version
+    and stage)."""
     rows = [
         (a.name, regions.get(a.node_id, "") or "-", (a.node_id or "")[:8], a.state)
         for a in actors
-        if a.ray_namespace in namespaces and a.name and a.state != "DEAD"
+        if any(in_namespace(a.ray_namespace or "", ns) for ns in namespaces)
+        and a.name
+        and a.state != "DEAD"
     ]
     return sorted(rows)

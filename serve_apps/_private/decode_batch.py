@@ -5,7 +5,10 @@
 (their last token each, against their own cached positions), recomputes the rows that have
 no cache, then prefills the streams joining (one forward each) so they decode with the
 others from the next step on. Each row samples with its own ``torch.Generator``: a seeded
-stream draws the same numbers alone or batched.
+stream draws the same numbers alone or batched. The model is a ``GPT`` or a pipeline's
+``StagedGPT`` (same calls; its cache a handle on the stages'): when the stages lost the
+cache (``CacheLost``: their group restarted), the cached rows are prefilled again from their
+tokens, whose last logits are the ones the lost step would have given.
 
 ``DecodeLoop`` is the asyncio side: one per loaded model, it steps the batch on the forward
 thread while streams are active and hands each stream its tokens through a queue, a few
@@ -23,7 +26,8 @@ from typing import TypeVar
 
 import torch
 
-from models.gpt import GPT, KVCache, sample
+from models.exceptions import CacheLost
+from models.gpt import GPT, sample
 
 _T = TypeVar("_T")
 Forward = Callable[[Callable[[], _T]], Awaitable[_T]]
@@ -60,7 +64,7 @@ class DecodeBatch:
         self.model = model
         self.block = model.cfg.block_size
         self._cached: list[Row] = []  # row i of self._cache
-        self._cache: KVCache | None = None
+        self._cache = None  # a KVCache, or a StagedCache: the same select and cat
         self._uncached: list[Row] = []
         self.forwards = 0
         """Model forwards run so far (decode steps, recomputed groups, prefills)."""
@@ -79,13 +83,29 @@ class DecodeBatch:
         produced: list[tuple[Row, int]] = []
         if self._cached:
             last = torch.tensor([r.context[-1:] for r in self._cached])  # (B, 1)
-            produced += self._sample(self._cached, self.model.forward_cached(last, self._cache))
+            try:
+                logits = self.model.forward_cached(last, self._cache)
+            except CacheLost:
+                logits = self._prefill_again()
+            produced += self._sample(self._cached, logits)
         produced += self._recompute(self._uncached)
         for row in joining:
             if not row.cancelled:
                 produced += self._prefill(row)
         self._keep(lambda r: r.remaining > 0)
         return produced
+
+    def _prefill_again(self) -> torch.Tensor:
+        """A new cache of every cached row's whole context, one prefill each; returns the
+        logits (B, 1, vocab) of their last positions."""
+        caches, logits = [], []
+        for row in self._cached:
+            caches.append(self.model.new_cache(1))
+            idx = torch.tensor([row.context])
+            logits.append(self.model.forward_cached(idx, caches[-1])[:, -1:])
+            self.forwards += 1
+        self._cache = type(caches[0]).cat(caches)
+        return torch.cat(logits)
 
     def _prefill(self, row: Row) -> list[tuple[Row, int]]:
         if not row.use_cache or len(row.context) > self.block:
@@ -95,7 +115,7 @@ class DecodeBatch:
         produced = self._sample(
             [row], self.model.forward_cached(torch.tensor([row.context]), cache)
         )
-        self._cache = cache if self._cache is None else KVCache.cat([self._cache, cache])
+        self._cache = cache if self._cache is None else type(cache).cat([self._cache, cache])
         self._cached.append(row)
         return produced
 

@@ -11,24 +11,34 @@ named in the assertion messages. Pass or fail comes from the job's own step line
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import re
 import signal
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
 import pytest
+import torch
 from ray._common.test_utils import wait_for_condition
 from ray.job_submission import JobStatus, JobSubmissionClient
+from ray.util.state import list_actors
 
+from actors.pipeline import DEFAULT_NAMESPACE as STAGES
+from actors.pipeline import in_namespace
 from cluster import storage
-from cluster.cli.deploy import wait_for_version
+from cluster.cli.deploy import deploy_models_api, rendered_config, wait_for_version
 from cluster.settings import Settings
+from models import package
 from models.dataset import dataset_uri, read_manifest
+from models.gpt import decode, encode
 from models.registry import Registry
+from models.weights import load_weights
+from models.zoo import build_model
 
 # The module's fixtures train the GPT (minutes, with its faults, on the 2-core machine)
 # within one test's setup; the serving test's also trains the digits model first (~4 min).
@@ -300,3 +310,108 @@ def test_the_trained_model_generates_text_over_http_as_server_sent_events(served
     got = httpx.post(predict, json={"instances": [[1.0]]}, headers=headers, timeout=30)
     assert got.status_code == 422 and got.json()["error"] == "wrong_route"
     assert httpx.post(url, json=body, timeout=30).status_code == 401
+
+
+PIPELINE = {"num_stages": 2, "num_cpus_per_stage": 0.1, "ready_timeout_s": 120}
+GREEDY = {"prompt": "def main(", "max_new_tokens": 32, "top_k": 1, "seed": 1}  # top_k 1: argmax
+
+
+def _stage_actors() -> list:
+    """The live stage actors of the Generator replicas' groups (namespace aimass-pipeline.*)."""
+    alive = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=10_000)
+    return [
+        a
+        for a in alive
+        if (a.name or "").startswith("stage:gpt:") and in_namespace(a.ray_namespace, STAGES)
+    ]
+
+
+def _text(url: str, key: str, body: dict) -> str | None:
+    """The streamed text, or None when the stream did not end with its ``done`` event."""
+    try:
+        with httpx.stream("POST", url, json=body, headers={"X-API-Key": key}, timeout=60) as r:
+            events = _events(r) if r.status_code == 200 else []
+    except httpx.HTTPError:
+        return None
+    if not events or events[-1][0] != "done":
+        return None
+    return "".join(d["text"] for kind, d in events if kind == "message")
+
+
+@pytest.fixture
+def staged_generator(served, serve_ops, gpt_version: int) -> Iterator[str]:
+    """The Generator redeployed with ``pipeline: {num_stages: 2}`` (serve deploy of the
+    default config, its user_config changed), serving the trained version through two stage
+    actors; the default config is deployed again afterwards, and the stages are gone."""
+    served.registry.promote("gpt", gpt_version, reason="e2e: serve the trained LM in stages")
+    wait_for_version(served.settings, served.key, "gpt", gpt_version)
+    config = copy.deepcopy(rendered_config(served.settings))
+    for d in config["applications"][0]["deployments"]:
+        if d["name"] == "Generator":
+            d["user_config"] = {**d["user_config"], "pipeline": PIPELINE}
+    url = f"{served.settings.serve_url}/v1/models/gpt/generate"
+    deploy_models_api(served.settings, config)
+    try:
+        # The next request after the reconfigure loads the version again, over two stages.
+        wait_for_condition(
+            lambda: _text(url, served.key, GREEDY) is not None and len(_stage_actors()) == 2,
+            timeout=180,
+            retry_interval_ms=500,
+        )
+        yield url
+    finally:
+        deploy_models_api(served.settings)
+        # The next request reloads it in the replica; the old group stops with its version.
+        wait_for_condition(
+            lambda: _text(url, served.key, GREEDY) is not None and not _stage_actors(),
+            timeout=120,
+            retry_interval_ms=500,
+        )
+
+
+def _unsharded(registry: Registry, version: int, body: dict, tmp_path) -> str:
+    """The text the whole GPT samples greedily, here in the test's process."""
+    info = registry.get("gpt", version)
+    folder = registry.fetch(info, tmp_path)
+    cfg = package.PackageConfig.read(folder)
+    model = build_model(cfg.architecture, **cfg.options)
+    load_weights(model, folder / package.WEIGHTS_FILE)
+    idx = torch.tensor([encode(body["prompt"])])
+    out = model.eval().generate(idx, body["max_new_tokens"], top_k=1)[0, idx.shape[1] :]
+    return decode(out.tolist())
+
+
+def test_a_version_served_in_pipeline_stages_answers_as_the_whole_model_and_survives_a_kill(
+    served, staged_generator: str, gpt_version: int, tmp_path
+):
+    url = staged_generator
+    expected = _unsharded(served.registry, gpt_version, GREEDY, tmp_path)
+    assert _text(url, served.key, GREEDY) == expected
+
+    # A bounded ledger of streams, 4 at a time, each retried up to 3 times; one stage is
+    # SIGKILLed once a few have answered: the group restarts, running streams re-prefill.
+    before = {a.name: a.pid for a in _stage_actors()}
+    ledger: list[tuple[int, bool, int]] = []  # request, succeeded, tries
+    body = GREEDY | {"max_new_tokens": 48}
+
+    def one(i: int) -> None:
+        for tries in range(1, 4):
+            if _text(url, served.key, body) is not None:
+                ledger.append((i, True, tries))
+                return
+        ledger.append((i, False, 3))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        done = [pool.submit(one, i) for i in range(24)]
+        wait_for_condition(lambda: len(ledger) >= 4, timeout=60)
+        os.kill(before[min(before)], signal.SIGKILL)  # stage 1 of 2
+        for future in done:
+            future.result(timeout=120)
+    ok = sum(1 for _, succeeded, _ in ledger if succeeded)
+    assert len(ledger) == 24 and ok / len(ledger) >= 0.99, ledger
+    wait_for_condition(  # the group is back: two live stages, the killed one a new process
+        lambda: len(now := {a.name: a.pid for a in _stage_actors()}) == 2
+        and now[min(before)] != before[min(before)],
+        timeout=60,
+    )
+    assert _text(url, served.key, GREEDY) == expected

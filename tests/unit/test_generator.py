@@ -93,7 +93,7 @@ def stream(gen: Generator, prompt="Hi", tokens=16, temperature=1.0, top_k=None, 
 
 def forwards(gen: Generator, model_id: str) -> int:
     """Model forwards the version's decode loop has run (batched steps count once)."""
-    return gen.cache[model_id].decoder.batch.forwards
+    return gen.cache[model_id].lm.decoder.batch.forwards
 
 
 def test_pieces_concatenate_to_the_decoded_sample_of_gpt_generate(registry, make_generator):
@@ -193,7 +193,7 @@ def test_cancelling_the_consumer_stops_its_row(registry, make_generator, caplog)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        batch = gen.cache["ascii:1"].decoder.batch
+        batch = gen.cache["ascii:1"].lm.decoder.batch
         await until(lambda: not batch.rows)  # it left the batch at the next step
 
     with caplog.at_level(logging.INFO, logger="ray.serve"):
@@ -216,7 +216,7 @@ def test_a_cancellation_thrown_at_a_yield_stops_it_too(registry, make_generator,
             await agen.athrow(asyncio.CancelledError())
         with pytest.raises(StopAsyncIteration):
             await agen.__anext__()
-        batch = gen.cache["ascii:1"].decoder.batch
+        batch = gen.cache["ascii:1"].lm.decoder.batch
         await until(lambda: not batch.rows)
 
     with caplog.at_level(logging.INFO, logger="ray.serve"):

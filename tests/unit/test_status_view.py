@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+from actors.pipeline import DEFAULT_NAMESPACE as STAGES
 from cluster.cli import status
 
 PAGE = """# HELP ray_aimass_datacenter_answers_total Model answers by ...
@@ -68,8 +69,13 @@ def test_sharding_actors_are_listed_by_name_with_their_datacenter():
         actor("shards:digits:replica:eu-west:n9", "n9", state="DEAD"),  # gone: not shown
         actor("Gateway", "n1abcdefgh", ns="serve"),  # another namespace: not shown
         actor("", "n1abcdefgh"),  # unnamed: not shown
+        actor("stage:gpt:3:1of2", "n1abcdefgh", ns=f"{STAGES}.r7x2"),  # a replica's group
+        actor("stage:gpt:3:2of2", "n2abcdefgh", ns=STAGES),
+        actor("stage:gpt:3:1of2", "n2abcdefgh", ns=f"{STAGES}x"),  # not under it: not shown
     ]
-    assert status.sharding_rows(actors, regions, ("aimass-shards",)) == [
+    assert status.sharding_rows(actors, regions, ("aimass-shards", STAGES)) == [
         ("shards:digits:coordinator", "-", "n2abcdef", "ALIVE"),
         ("shards:digits:replica:eu-west:n1abcdef", "eu-west", "n1abcdef", "ALIVE"),
+        ("stage:gpt:3:1of2", "eu-west", "n1abcdef", "ALIVE"),
+        ("stage:gpt:3:2of2", "-", "n2abcdef", "ALIVE"),
     ]
