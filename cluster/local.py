@@ -94,12 +94,20 @@ def connect_clients(settings: Settings) -> None:
     """
     os.environ.update(settings.ray_client_env())
     from ray._private import ray_constants
+
+    reload_client_auth()
+    if settings.is_loopback:  # read at import time; this process may have imported Ray already
+        ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def reload_client_auth() -> None:
+    """Make this process's Ray clients read the auth mode and token from the environment
+    again (Ray caches both per process): after ``connect_clients``, or after the
+    environment of an earlier one was put back."""
     from ray._raylet import AuthenticationTokenLoader, Config
 
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
-    if settings.is_loopback:  # read at import time; this process may have imported Ray already
-        ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def is_running(settings: Settings) -> bool:

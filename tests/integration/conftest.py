@@ -39,3 +39,5 @@ def ray_start_3_nodes_2_datacenters(tmp_path_factory):
         cluster.shutdown()
         os.environ.clear()
         os.environ.update(saved)
+        # Ray cached this cluster's token: later modules' drivers connect with their own.
+        local.reload_client_auth()
