@@ -112,14 +112,7 @@ class StageGroup:
             One ObjectRef of logits (b_i, T, vocab) per micro-batch, in order, and the
             generation of the stages they were sent to.
         """
-        with self._lock:  # a restart holds the lock: wait for it, then use its stages
-            actors, generation, state = self._actors, self.generation, self.state
-        if state is not GroupState.RUNNING:
-            raise PipelineUnavailable(
-                "The stage group is not running: start() it first.",
-                model=self.source.name,
-                version=self.source.version,
-            )
+        actors, generation = self._running()
         refs = []
         parts = min(micro_batches or self.config.micro_batches, len(idx))
         for micro in torch.tensor_split(idx, parts):
@@ -129,14 +122,9 @@ class StageGroup:
             refs.append(ref)
         return refs, generation
 
-    def submit_cached(self, key: str, idx: torch.Tensor, start: list[int]) -> tuple[object, int]:
-        """Send T new tokens ``idx`` (B, T) of the rows cached under ``key`` (at positions
-        ``start``) through the stages; no waiting.
-
-        Returns:
-            The ObjectRef of the logits (B, T, vocab) and the generation it was sent to.
-        """
-        with self._lock:
+    def _running(self) -> tuple[list, int]:
+        """The stage actors and their generation, or PipelineUnavailable when not running."""
+        with self._lock:  # a restart holds the lock: wait for it, then use its stages
             actors, generation, state = self._actors, self.generation, self.state
         if state is not GroupState.RUNNING:
             raise PipelineUnavailable(
@@ -144,6 +132,16 @@ class StageGroup:
                 model=self.source.name,
                 version=self.source.version,
             )
+        return actors, generation
+
+    def submit_cached(self, key: str, idx: torch.Tensor, start: list[int]) -> tuple[object, int]:
+        """Send T new tokens ``idx`` (B, T) of the rows cached under ``key`` (at positions
+        ``start``) through the stages; no waiting.
+
+        Returns:
+            The ObjectRef of the logits (B, T, vocab) and the generation it was sent to.
+        """
+        actors, generation = self._running()
         ref = idx
         for actor in actors:
             ref = actor.forward_cached.remote(key, ref, start)
