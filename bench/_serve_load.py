@@ -69,10 +69,12 @@ class LoadResult:
         return len(self.latencies_ms)
 
 
-def post_request(port: int, path: str, body: bytes, key: str) -> bytes:
-    """The bytes of one keep-alive POST with a JSON body and an API key."""
+def post_request(port: int, path: str, body: bytes, key: str, x_api_key: bool = False) -> bytes:
+    """The bytes of one keep-alive POST with a JSON body and an API key (as a bearer token,
+    or in ``X-API-Key``: LitServe's header)."""
+    auth = f"X-API-Key: {key}" if x_api_key else f"Authorization: Bearer {key}"
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nAuthorization: Bearer {key}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n{auth}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
@@ -245,9 +247,12 @@ def _wait_listening(port: int, proc: subprocess.Popen, timeout_s: float = 60.0) 
 
 
 @contextlib.contextmanager
-def server(mode: str, *args: str, nice: int = 0) -> Iterator[tuple[int, psutil.Process]]:
-    """Run ``python -m bench._serve_load <mode> --port P <args>`` at niceness ``nice``
-    (never below this process's); yield P and the process; stop it on exit."""
+def server(
+    mode: str, *args: str, nice: int = 0, module: str = "bench._serve_load", env=None
+) -> Iterator[tuple[int, list[psutil.Process]]]:
+    """Run ``python -m <module> [mode] --port P <args>`` at niceness ``nice`` (never below
+    this process's), with ``env`` added to this one's; yield P and its processes (the
+    server and any workers it started); stop them all on exit."""
     from cluster.local import free_port
 
     port = free_port(HOST)
@@ -255,19 +260,29 @@ def server(mode: str, *args: str, nice: int = 0) -> Iterator[tuple[int, psutil.P
     cmd = [
         *(["nice", "-n", str(increment)] if increment > 0 else []),
         sys.executable,
-        *("-m", "bench._serve_load", mode, "--port", str(port), *args),
+        *("-m", module, *([mode] if mode else []), "--port", str(port), *args),
     ]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL
+    )
+    main = psutil.Process(proc.pid)  # `nice` execs python: the same pid
     try:
         _wait_listening(port, proc)
-        yield port, psutil.Process(proc.pid)  # `nice` execs python: the same pid
+        yield port, [main, *main.children(recursive=True)]
     finally:
+        children = []
+        with contextlib.suppress(psutil.Error):
+            children = main.children(recursive=True)
         proc.terminate()
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        _, alive = psutil.wait_procs(children, timeout=10)
+        for child in alive:  # workers its shutdown left behind
+            with contextlib.suppress(psutil.Error):
+                child.kill()
 
 
 def client_ceiling(concurrency: int, seconds: float, body_bytes: int) -> dict:
@@ -441,21 +456,26 @@ def revoke(served: Served) -> None:
     KeyStore(served.keys_uri).revoke(served.key_id)
 
 
-def predict_requests(served: Served, port: int, instances: np.ndarray) -> list[bytes]:
+def predict_requests(
+    served: Served, port: int, instances: np.ndarray, x_api_key: bool = False
+) -> list[bytes]:
     """One single-instance predict request per row of ``instances``, to ``port``."""
     path = f"/v1/models/{served.model}/predict"
     return [
-        post_request(port, path, json.dumps({"instances": [row.tolist()]}).encode(), served.key)
+        post_request(
+            port, path, json.dumps({"instances": [row.tolist()]}).encode(), served.key, x_api_key
+        )
         for row in instances.reshape(len(instances), -1)
     ]
 
 
-def check_answers(served: Served, port: int, instance: np.ndarray) -> None:
+def check_answers(served: Served, port: int, instance: np.ndarray, x_api_key: bool = False) -> None:
     """One request by a standard client: 200 with the served version, or raise."""
+    auth = {"X-API-Key": served.key} if x_api_key else {"Authorization": f"Bearer {served.key}"}
     r = httpx.post(
         f"http://{HOST}:{port}/v1/models/{served.model}/predict",
         json={"instances": [instance.reshape(-1).tolist()]},
-        headers={"Authorization": f"Bearer {served.key}"},
+        headers=auth,
         timeout=30,
     )
     if r.status_code != 200 or r.json()["version"] != served.version:
@@ -509,11 +529,19 @@ def measure(settings, model: str, train: str, args, folder: Path, limit=None) ->
         instances = x_test[:64]
         nice = gateway_niceness(settings) if args.match_nice else None
         before = replicas(settings)
-        with server("baseline", *baseline_args(served), nice=nice or 0) as (port, proc):
-            for p in (served.port, port):
-                check_answers(served, p, instances[0])
-            sides = {"ours": (served.port, cluster_processes(settings)), "baseline": (port, [proc])}
-            requests = {n: predict_requests(served, p, instances) for n, (p, _) in sides.items()}
+        with contextlib.ExitStack() as servers:
+            baseline = servers.enter_context(
+                server("baseline", *baseline_args(served), nice=nice or 0)
+            )
+            sides = {"ours": (served.port, cluster_processes(settings)), "baseline": baseline}
+            if getattr(args, "litserve", False):
+                sides["litserve"] = servers.enter_context(litserve_server(served, nice or 0))
+            for name, (port, _) in sides.items():
+                check_answers(served, port, instances[0], x_api_key=name == "litserve")
+            requests = {
+                name: predict_requests(served, port, instances, x_api_key=name == "litserve")
+                for name, (port, _) in sides.items()
+            }
             figures = alternate(
                 sides, requests, args.concurrency, args.duration, args.rounds, args.warmup
             )
@@ -546,8 +574,24 @@ def measure(settings, model: str, train: str, args, folder: Path, limit=None) ->
     }
 
 
-def add_load_args(parser: argparse.ArgumentParser, concurrency: int) -> None:
-    """The load and cluster options both benchmarks take."""
+def litserve_server(served: Served, nice: int):
+    """``bench._litserve_baseline`` serving ``served``'s ONNX file, with its key."""
+    args = [
+        *("--onnx", str(served.onnx), "--input-shape", *map(str, served.input_shape)),
+        *("--threads", str(served.threads), "--model", served.model),
+        *("--version", str(served.version)),
+    ]
+    env = {"LIT_SERVER_API_KEY": served.key}
+    return server("", *args, nice=nice, module="bench._litserve_baseline", env=env)
+
+
+def add_load_args(
+    parser: argparse.ArgumentParser, concurrency: int, litserve: bool = False
+) -> None:
+    """The load and cluster options both benchmarks take (``litserve``: the LitServe
+    baseline too, on unless ``--no-litserve``)."""
+    if litserve:
+        parser.add_argument("--no-litserve", dest="litserve", action="store_false")
     parser.add_argument("--concurrency", type=int, default=concurrency, help="in flight")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per segment")
     parser.add_argument("--rounds", type=int, default=2, help="ours/baseline alternations")

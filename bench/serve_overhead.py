@@ -20,6 +20,10 @@ and an API key, under the same load:
   Predictor's thread count). It runs at the niceness Ray gives the Gateway replicas
   (``--no-match-nice`` keeps this process's): on a shared machine a nice-0 server would
   win CPU from the niced replicas and the ratio would measure the scheduler.
+- second baseline (``--no-litserve`` leaves it out): LitServe, the one-node server a user
+  would try first, serving the same ONNX file (``bench._litserve_baseline``: one worker,
+  dynamic batching up to 16 requests in 2 ms, its X-API-Key check on, the same niceness).
+  ``ratio_vs_litserve`` = ours req/s / LitServe's; goal >= 1.0.
 
 The client (``bench._serve_load.run_load``: raw asyncio streams on uvloop, one keep-alive
 connection per concurrent request) runs ``--concurrency`` requests back to back, warmed up,
@@ -49,17 +53,26 @@ MODEL = "digits"
 TRAIN = "--config digits_cnn_smoke"
 RATIO_GOAL = 0.5
 P50_SLACK_MS = 2.0
+LITSERVE_GOAL = 1.0
 
 
 def report(m: dict) -> dict:
     ours, base = m["ours"], m["baseline"]
     ratio = ours["req_per_s"] / base["req_per_s"]
     p50_delta = ours["p50_ms"] - base["p50_ms"]
+    goal_met = ratio >= RATIO_GOAL and p50_delta <= P50_SLACK_MS
+    vs_litserve = {}
+    if "litserve" in m:
+        lit = ours["req_per_s"] / m["litserve"]["req_per_s"]
+        vs_litserve = {"ratio_vs_litserve": round(lit, 3)}
+        goal_met = goal_met and lit >= LITSERVE_GOAL
+    goal = f">= {RATIO_GOAL}x req/s and p50 within +{P50_SLACK_MS:g} ms"
     return {
         "name": NAME,
         "ratio": round(ratio, 3),
-        "goal": f">= {RATIO_GOAL}x req/s and p50 within +{P50_SLACK_MS:g} ms",
-        "goal_met": ratio >= RATIO_GOAL and p50_delta <= P50_SLACK_MS,
+        **vs_litserve,
+        "goal": goal + (f"; >= {LITSERVE_GOAL:g}x LitServe's req/s" if vs_litserve else ""),
+        "goal_met": goal_met,
         "p50_delta_ms": round(p50_delta, 2),
         "p99_delta_ms": round(ours["p99_ms"] - base["p99_ms"], 2),
         **m,
@@ -70,7 +83,7 @@ def report(m: dict) -> dict:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    sl.add_load_args(parser, concurrency=16)
+    sl.add_load_args(parser, concurrency=16, litserve=True)
     return parser.parse_args(argv)
 
 

@@ -125,6 +125,31 @@ class DatacenterCluster:
     def down(self) -> None:
         local.down(self.settings)
 
+    def diagnosis(self, lines: int = 12) -> str:
+        """Whether this cluster answers, and its Ray logs' last words about dead nodes,
+        workers or memory: what a failed test needs to tell a crash from its own bug."""
+        logs = self.settings.ray_temp_dir / "session_latest" / "logs"
+        out = [f"[{self.region}] running: {local.is_running(self.settings)}"]
+        for name in ("gcs_server.out", "raylet.out", "dashboard_agent.log"):
+            with contextlib.suppress(OSError):
+                text = (logs / name).read_text(errors="replace").splitlines()
+                hits = [t for t in text if any(w in t for w in _TROUBLE)]
+                out += [f"[{self.region}] {name}: {t[:300]}" for t in hits[-lines:]]
+        return "\n".join(out)
+
+
+# Words in Ray's logs that mark a node, raylet, agent or worker dying, or memory running out.
+_TROUBLE = ("dead", "Dead", "DEAD", "OOM", "memory", "Killing", "killed", "exit", "Exit")
+
+
+def diagnosis(clusters) -> str:
+    """``DatacenterCluster.diagnosis`` of every cluster, and the kernel's OOM kills."""
+    out = [c.diagnosis() for c in clusters]
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        dmesg = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=10).stdout
+        out += [line for line in dmesg.splitlines() if "Out of memory" in line][-5:]
+    return "\n".join(out)
+
 
 def each(clusters, do) -> None:
     """``do(cluster)`` for every cluster at once (starting a head or deploying is mostly

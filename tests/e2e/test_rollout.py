@@ -17,7 +17,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from multicluster import REGIONS, Fleet, Ledger, Stream, register  # tests/e2e's own module
+from multicluster import (  # tests/e2e's own module
+    REGIONS,
+    Fleet,
+    Ledger,
+    Stream,
+    diagnosis,
+    register,
+)
 
 from cluster.cli.deploy import wait_for_version
 from models.registry import Registry
@@ -60,6 +67,11 @@ def _rollout(fleet: Fleet, candidate: int, *flags: str) -> subprocess.CompletedP
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
 
 
+def _failed(fleet: Fleet, proc: subprocess.CompletedProcess) -> str:
+    """What an unexpected exit of `aimass rollout` printed, and the state of each cluster."""
+    return "\n".join([proc.stdout[-3000:], proc.stderr[-1000:], diagnosis(fleet.clusters.values())])
+
+
 def _copy_of_champion(registry: Registry) -> int:
     """A new version with the champion's very package: it agrees with the champion."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,7 +95,7 @@ def test_a_candidate_failing_its_gates_in_the_first_region_never_reaches_the_nex
         proc = _rollout(fleet, bad, *SLACK)
         load.wait_for(10)
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-1000:]
+    assert proc.returncode == 1, _failed(fleet, proc)
     assert "The release in us-east failed" in out and "not started in eu-west" in out, out
     assert "[eu-west] release" not in out
     answered = {(e.stream, e.version) for e in load.entries}
@@ -105,7 +117,7 @@ def test_a_good_candidate_goes_region_by_region(fleet):
         proc = _rollout(fleet, good, *SLACK)
         load.wait_for(20)
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]
+    assert proc.returncode == 0, _failed(fleet, proc)
     assert out.index("[us-east] promoted") < out.index("[eu-west] release"), out
 
     us, eu = load.of("us-east"), load.of("eu-west")

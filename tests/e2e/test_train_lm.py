@@ -410,8 +410,10 @@ def test_a_version_served_in_pipeline_stages_answers_as_the_whole_model_and_surv
     ok = sum(1 for _, succeeded, _ in ledger if succeeded)
     assert len(ledger) == 24 and ok / len(ledger) >= 0.99, ledger
     wait_for_condition(  # the group is back: two live stages, the killed one a new process
-        lambda: len(now := {a.name: a.pid for a in _stage_actors()}) == 2
-        and now[min(before)] != before[min(before)],
+        lambda: (
+            len(now := {a.name: a.pid for a in _stage_actors()}) == 2
+            and now[min(before)] != before[min(before)]
+        ),
         timeout=60,
     )
     assert _text(url, served.key, GREEDY) == expected
