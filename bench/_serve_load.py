@@ -407,44 +407,59 @@ class Served:
     threads: int  # the Predictor's ONNX Runtime intra-op threads (serve_config.yaml)
 
 
-def serve_champion(settings, model: str, train: str, folder: Path) -> Served:
-    """Ingest and train (as jobs) when ``model`` has no champion, deploy the model API,
-    create an API key and wait until the champion answers; fetch its package to ``folder``."""
+def ensure_champion(settings, registry, model: str, train: str):
+    """``model``'s champion; when it has none, ingest digits (unless there) and train it
+    with ``jobs.train <train>``, as jobs the way ``ray job submit`` runs them."""
     from cluster import storage
-    from cluster.cli.deploy import deploy_models_api, rendered_config, wait_for_version
     from cluster.cli.jobs_client import run_job
-    from models import package
     from models.dataset import dataset_uri
     from models.exceptions import ModelNotFound
-    from models.registry import Registry
-    from serve_apps.keys import KeyStore, keys_uri
 
-    registry = Registry.from_settings(settings)
     try:
-        info = registry.resolve(f"{model}@champion")
+        return registry.resolve(f"{model}@champion")
     except ModelNotFound:
         if not storage.exists(f"{dataset_uri(settings.storage_root, 'digits')}/manifest.json"):
             run_job(settings, "python -m jobs.ingest --dataset digits", REPO, log)
         run_job(settings, f"python -m jobs.train {train}", REPO, log)
-        info = registry.resolve(f"{model}@champion")
-    pkg = registry.fetch(info, folder)
-    config = package.PackageConfig.read(pkg)
+        return registry.resolve(f"{model}@champion")
+
+
+def serve_champion(settings, model: str, train: str, folder: Path) -> Served:
+    """Ingest and train (as jobs) when ``model`` has no champion, deploy the model API,
+    create an API key and wait until the champion answers; fetch its package to ``folder``."""
+    from cluster.cli.deploy import deploy_models_api, wait_for_version
+    from models.registry import Registry
+    from serve_apps.keys import KeyStore, keys_uri
+
+    registry = Registry.from_settings(settings)
+    info = ensure_champion(settings, registry, model, train)
     deploy_models_api(settings)
-    uri = keys_uri(settings.storage_root)
-    key, record = KeyStore(uri).create("bench-serve")
+    key, record = KeyStore(keys_uri(settings.storage_root)).create("bench-serve")
     log(f"deployed the model API; waiting for {model} v{info.version}")
     wait_for_version(settings, key, model, info.version)
+    return served_version(settings, registry, info, folder, key, record.id)
+
+
+def served_version(settings, registry, info, folder: Path, key: str, key_id: str) -> Served:
+    """``info``'s package fetched to ``folder``, with what a baseline needs to serve it as
+    the model API does (the Predictor's ONNX Runtime threads from serve_config.yaml)."""
+    from cluster.cli.deploy import rendered_config
+    from models import package
+    from serve_apps.keys import keys_uri
+
+    pkg = registry.fetch(info, folder)
+    config = package.PackageConfig.read(pkg)
     deployments = rendered_config(settings)["applications"][0]["deployments"]
     predictor = next(d for d in deployments if d["name"] == "Predictor")
     return Served(
-        model=model,
+        model=info.name,
         version=info.version,
         architecture=config.architecture,
         input_shape=list(config.signature.input_shape),
         onnx=pkg / package.ONNX_FILE,
         key=key,
-        key_id=record.id,
-        keys_uri=uri,
+        key_id=key_id,
+        keys_uri=keys_uri(settings.storage_root),
         port=settings.serve_port,
         threads=predictor["user_config"]["intra_op_threads"],
     )
