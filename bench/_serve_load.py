@@ -497,16 +497,21 @@ def check_answers(served: Served, port: int, instance: np.ndarray, x_api_key: bo
         raise RuntimeError(f"port {port} answered {r.status_code}: {r.text[:300]}")
 
 
-def replicas(settings) -> dict[str, int]:
-    """Running replicas per deployment of the model API (Serve's REST API)."""
+def models_app(settings, timeout_s: float = 10) -> dict:
+    """The model API's entry in Serve's REST API (``/api/serve/applications/``)."""
     from cluster.local import auth_headers
 
     r = httpx.get(
         f"{settings.dashboard_url}/api/serve/applications/",
         headers=auth_headers(settings),
-        timeout=10,
+        timeout=timeout_s,
     )
-    deployments = r.json()["applications"]["models"]["deployments"]
+    return r.json()["applications"]["models"]
+
+
+def replicas(settings) -> dict[str, int]:
+    """Running replicas per deployment of the model API (Serve's REST API)."""
+    deployments = models_app(settings)["deployments"]
     return {
         name: sum(1 for rep in d["replicas"] if rep["state"] == "RUNNING")
         for name, d in deployments.items()
@@ -549,7 +554,7 @@ def measure(settings, model: str, train: str, args, folder: Path, limit=None) ->
                 server("baseline", *baseline_args(served), nice=nice or 0)
             )
             sides = {"ours": (served.port, cluster_processes(settings)), "baseline": baseline}
-            if getattr(args, "litserve", False):
+            if args.litserve:
                 sides["litserve"] = servers.enter_context(litserve_server(served, nice or 0))
             for name, (port, _) in sides.items():
                 check_answers(served, port, instances[0], x_api_key=name == "litserve")
@@ -607,6 +612,8 @@ def add_load_args(
     baseline too, on unless ``--no-litserve``)."""
     if litserve:
         parser.add_argument("--no-litserve", dest="litserve", action="store_false")
+    else:
+        parser.set_defaults(litserve=False)
     parser.add_argument("--concurrency", type=int, default=concurrency, help="in flight")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per segment")
     parser.add_argument("--rounds", type=int, default=2, help="ours/baseline alternations")

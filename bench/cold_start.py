@@ -86,15 +86,8 @@ def serve_shutdown(settings) -> None:
 
 def app_running(settings) -> bool:
     """Whether Serve reports the model API RUNNING (its REST API, as the dashboard reads it)."""
-    from cluster.local import auth_headers
-
     try:
-        r = httpx.get(
-            f"{settings.dashboard_url}/api/serve/applications/",
-            headers=auth_headers(settings),
-            timeout=5,
-        )
-        return r.json()["applications"]["models"]["status"] == "RUNNING"
+        return sl.models_app(settings, timeout_s=5)["status"] == "RUNNING"
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return False
 
@@ -225,7 +218,7 @@ def measure(settings, repeats: int, folder: Path) -> dict:
     log(f"canary: first answer {canary['canary_s']} s after submitting the release")
     served = sl.served_version(settings, registry, champion, folder / "champion", key, record.id)
     baseline = [baseline_start(served) for _ in range(1 + repeats)]
-    KeyStore(uri).revoke(record.id)
+    sl.revoke(served)
     return {
         "deploys": deploys,
         "canary": canary,
