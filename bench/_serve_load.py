@@ -167,23 +167,36 @@ def summary(runs: list[LoadResult]) -> dict:
 
 
 def _role(proc: psutil.Process) -> str:
-    """A process's part: Ray's title for its workers (``ray::ServeReplica:models:Gateway``),
-    the executable's name otherwise (raylet, gcs_server, python for the dashboard...)."""
+    """A process's part: Ray's title for its workers without the method it is running
+    (``ray::ServeReplica:models:Gateway``, ``ray::_DeployedController`` for
+    ``ray::_DeployedController.record``), the executable's name otherwise (raylet,
+    gcs_server, python for the dashboard...)."""
     cmdline = proc.cmdline()
     if cmdline and cmdline[0].startswith("ray::"):
-        return cmdline[0].split()[0]
+        return cmdline[0].split()[0].split(".")[0]
     return proc.name()
 
 
-def cpu_seconds(procs: list[psutil.Process]) -> dict[str, float]:
-    """User + system CPU seconds so far, summed by ``_role``."""
-    out: dict[str, float] = {}
+def cpu_seconds(procs: list[psutil.Process]) -> dict[int, tuple[str, float]]:
+    """Each process's role and user + system CPU seconds so far, by pid (a role is read
+    with the time: Ray renames an actor's process as it runs each method)."""
+    out: dict[int, tuple[str, float]] = {}
     for proc in procs:
         with contextlib.suppress(psutil.Error):
             t = proc.cpu_times()
-            role = _role(proc)
-            out[role] = out.get(role, 0.0) + t.user + t.system
+            out[proc.pid] = (_role(proc), t.user + t.system)
     return out
+
+
+def cpu_spent(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds spent between two ``cpu_seconds`` readings, summed by role. A process
+    absent before (started in between) counts from its start."""
+    spent: dict[str, float] = {}
+    for pid, (role, cpu) in after.items():
+        spent[role] = spent.get(role, 0.0) + cpu - before.get(pid, (role, 0.0))[1]
+    return spent
 
 
 def cpu_ms_per_request(spent: dict[str, float], requests: int, top: int = 6) -> dict:
@@ -216,8 +229,7 @@ def alternate(
             before = cpu_seconds([*procs, client])
             r = run_load(port, requests[name], concurrency, seconds)
             after = cpu_seconds([*procs, client])
-            for role in after:
-                spent = after[role] - before.get(role, 0.0)
+            for role, spent in cpu_spent(before, after).items():
                 cpu[name][role] = cpu[name].get(role, 0.0) + spent
             log(
                 f"round {i + 1}/{rounds} {name}: {r.ok / r.seconds:.0f} req/s, "
@@ -472,10 +484,11 @@ def revoke(served: Served) -> None:
 
 
 def predict_requests(
-    served: Served, port: int, instances: np.ndarray, x_api_key: bool = False
+    served: Served, port: int, instances: np.ndarray, x_api_key: bool = False, prefix: str = ""
 ) -> list[bytes]:
-    """One single-instance predict request per row of ``instances``, to ``port``."""
-    path = f"/v1/models/{served.model}/predict"
+    """One single-instance predict request per row of ``instances``, to ``port``
+    (under the route ``prefix`` of the app answering it)."""
+    path = f"{prefix}/v1/models/{served.model}/predict"
     return [
         post_request(
             port, path, json.dumps({"instances": [row.tolist()]}).encode(), served.key, x_api_key
@@ -484,11 +497,13 @@ def predict_requests(
     ]
 
 
-def check_answers(served: Served, port: int, instance: np.ndarray, x_api_key: bool = False) -> None:
+def check_answers(
+    served: Served, port: int, instance: np.ndarray, x_api_key: bool = False, prefix: str = ""
+) -> None:
     """One request by a standard client: 200 with the served version, or raise."""
     auth = {"X-API-Key": served.key} if x_api_key else {"Authorization": f"Bearer {served.key}"}
     r = httpx.post(
-        f"http://{HOST}:{port}/v1/models/{served.model}/predict",
+        f"http://{HOST}:{port}{prefix}/v1/models/{served.model}/predict",
         json={"instances": [instance.reshape(-1).tolist()]},
         headers=auth,
         timeout=30,
@@ -550,16 +565,20 @@ def measure(settings, model: str, train: str, args, folder: Path, limit=None) ->
         nice = gateway_niceness(settings) if args.match_nice else None
         before = replicas(settings)
         with contextlib.ExitStack() as servers:
+            if args.floor:
+                servers.enter_context(serve_floor(settings, served, instances[0]))
             baseline = servers.enter_context(
                 server("baseline", *baseline_args(served), nice=nice or 0)
             )
             sides = {"ours": (served.port, cluster_processes(settings)), "baseline": baseline}
             if args.litserve:
                 sides["litserve"] = servers.enter_context(litserve_server(served, nice or 0))
+            if args.floor:
+                sides["serve_floor"] = sides["ours"]
             for name, (port, _) in sides.items():
-                check_answers(served, port, instances[0], x_api_key=name == "litserve")
+                check_answers(served, port, instances[0], **_route(name))
             requests = {
-                name: predict_requests(served, port, instances, x_api_key=name == "litserve")
+                name: predict_requests(served, port, instances, **_route(name))
                 for name, (port, _) in sides.items()
             }
             figures = alternate(
@@ -594,6 +613,43 @@ def measure(settings, model: str, train: str, args, folder: Path, limit=None) ->
     }
 
 
+def _route(side: str) -> dict:
+    """How a side is called: LitServe checks ``X-API-Key``; the floor app has a prefix."""
+    from bench._serve_floor import ROUTE_PREFIX
+
+    return {
+        "x_api_key": side == "litserve",
+        "prefix": ROUTE_PREFIX if side == "serve_floor" else "",
+    }
+
+
+@contextlib.contextmanager
+def serve_floor(settings, served: Served, instance: np.ndarray, timeout_s: float = 120):
+    """``bench._serve_floor`` deployed beside the model API until exit, then removed (the
+    model API redeployed alone: Serve deletes applications a config no longer lists)."""
+    from bench._serve_floor import ROUTE_PREFIX, application
+    from cluster.cli.deploy import deploy_models_api, rendered_config
+
+    config = rendered_config(settings)
+    deploy_models_api(
+        settings, {**config, "applications": [*config["applications"], application(served)]}
+    )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                check_answers(served, served.port, instance, prefix=ROUTE_PREFIX)
+                break
+            except (RuntimeError, httpx.HTTPError) as err:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the floor app did not answer: {err}") from None
+                time.sleep(1.0)
+        log("the floor app answers")
+        yield
+    finally:
+        deploy_models_api(settings, config)
+
+
 def litserve_server(served: Served, nice: int):
     """``bench._litserve_baseline`` serving ``served``'s ONNX file, with its key."""
     args = [
@@ -612,8 +668,11 @@ def add_load_args(
     baseline too, on unless ``--no-litserve``)."""
     if litserve:
         parser.add_argument("--no-litserve", dest="litserve", action="store_false")
+        parser.add_argument(
+            "--floor", action="store_true", help="also the baseline's handler in a Serve replica"
+        )
     else:
-        parser.set_defaults(litserve=False)
+        parser.set_defaults(litserve=False, floor=False)
     parser.add_argument("--concurrency", type=int, default=concurrency, help="in flight")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per segment")
     parser.add_argument("--rounds", type=int, default=2, help="ours/baseline alternations")

@@ -136,7 +136,7 @@ def gateway_processes(settings) -> list[psutil.Process]:
 
 
 def _cpu_s(procs: list[psutil.Process]) -> float:
-    return sum(sl.cpu_seconds(procs).values())
+    return sum(cpu for _, cpu in sl.cpu_seconds(procs).values())
 
 
 def _idle_cpu_per_s(procs: list[psutil.Process], seconds: float = 10) -> float:

@@ -66,6 +66,8 @@ def report(m: dict) -> dict:
         lit = ours["req_per_s"] / m["litserve"]["req_per_s"]
         vs_litserve = {"ratio_vs_litserve": round(lit, 3)}
         goal_met = goal_met and lit >= LITSERVE_GOAL
+    if "serve_floor" in m:  # not a goal: what Serve's own path leaves of plain FastAPI
+        vs_litserve["floor_ratio"] = round(m["serve_floor"]["req_per_s"] / base["req_per_s"], 3)
     goal = f">= {RATIO_GOAL}x req/s and p50 within +{P50_SLACK_MS:g} ms"
     return {
         "name": NAME,
