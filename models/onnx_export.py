@@ -10,9 +10,8 @@ import torch
 from torch import nn
 
 from models.exceptions import ParityError
+from models.signature import INPUT_NAME, OUTPUT_NAME  # the graph's tensor names
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 PARITY_ATOL = 1e-4
 
 

@@ -10,6 +10,11 @@ LM = "lm"
 """Tasks: a classifier (features -> class logits) or a language model (tokens -> next-token
 logits). The task decides the training loss, the validation metric and the gates."""
 
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+"""The tensor names of every exported ONNX graph (what the Open Inference Protocol's
+metadata shows as the model's input)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Signature:

@@ -10,7 +10,8 @@ This module is the transport; each protocol lives in ``serve_apps._private``: ``
 (keys, quotas), ``http`` (errors, the body reader and its parser limits), ``bodies``
 (schemas to model inputs), ``routing`` (which version answers: a pure function),
 ``datacenters`` (where a request is served: origin first, spillover, residency),
-``answers`` (calling versions; outcomes and agreement), ``upstream`` (upstream failures as
+``answers`` (calling versions; outcomes and agreement), ``oip`` (the Open Inference
+Protocol's tensors and metadata), ``upstream`` (upstream failures as
 HTTP errors), ``sse`` (server-sent events), ``middleware`` (request ids, metrics, error
 answers).
 """
@@ -23,7 +24,7 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import Depends, FastAPI, Header, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -34,7 +35,7 @@ from cluster.topology import REGION_LABEL
 from models.exceptions import ModelNotFound
 from models.refs import CHAMPION
 from models.signature import LM
-from serve_apps._private import sse
+from serve_apps._private import oip, sse
 from serve_apps._private.access import QuotaGate, authenticate
 from serve_apps._private.answers import SINGLE, Answers
 from serve_apps._private.bodies import checked_name, prediction_response, read_model, to_array
@@ -46,7 +47,7 @@ from serve_apps._private.datacenters import (
     read_replicas,
     watch_replicas,
 )
-from serve_apps._private.http import ApiError, read_json_body, safe_header
+from serve_apps._private.http import ApiError, read_body, read_json_body, safe_header
 from serve_apps._private.middleware import Observed, add_error_handlers
 from serve_apps._private.model_ids import model_id
 from serve_apps._private.routing import plan
@@ -60,6 +61,7 @@ from serve_apps.schemas import (
     GenerateRequest,
     ModelInfo,
     ModelList,
+    OipErrorResponse,
     PredictRequest,
     PredictResponse,
 )
@@ -70,7 +72,10 @@ api = FastAPI(
     "`Authorization: Bearer <key>` or `X-API-Key: <key>`.",
     version="0.1.0",
 )
-ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 413, 415, 422, 429, 503, 504)}
+_STATUSES = (400, 401, 403, 404, 413, 415, 422, 429, 503, 504)
+ERRORS = {s: {"model": ErrorResponse} for s in _STATUSES}
+OIP_ERRORS = {s: {"model": OipErrorResponse} for s in _STATUSES}
+OIP = "open inference protocol"  # the routes' OpenAPI tag
 
 
 def body_schema(model: type) -> dict:
@@ -80,6 +85,7 @@ def body_schema(model: type) -> dict:
 
 
 PREDICT_BODY = body_schema(PredictRequest)
+
 api.add_middleware(Observed)
 add_error_handlers(api)
 
@@ -107,6 +113,7 @@ async def admitted(
 Caller = Annotated[KeyRecord, Depends(admitted)]
 _RETRY = {"Retry-After": "1"}
 ADMITTED = [Depends(admitted)]
+OIP_MODEL_ROUTE = {"responses": OIP_ERRORS, "tags": [OIP], "dependencies": ADMITTED}
 
 
 def _own_region() -> str | None:
@@ -182,6 +189,75 @@ class Gateway:
     async def readyz(self, model: str | None = None) -> dict:
         """Ready to answer (``model``, or any model): it is served and Predictor replicas
         run here. What a load balancer in front of clusters checks (no key needed)."""
+        return await self._ready(model)
+
+    # ---- the Open Inference Protocol (v2): serve_apps._private.oip ----------------------
+
+    @api.get("/v2", tags=[OIP])
+    async def oip_server(self) -> dict:
+        return {"name": "aimass", "version": api.version, "extensions": oip.EXTENSIONS}
+
+    @api.get("/v2/health/live", tags=[OIP])
+    async def oip_live(self) -> dict:
+        return {"live": True}
+
+    @api.get("/v2/health/ready", tags=[OIP], responses={503: OIP_ERRORS[503]})
+    async def oip_ready(self) -> dict:
+        await self._ready(None)
+        return {"ready": True}
+
+    @api.get("/v2/models/{name}", **OIP_MODEL_ROUTE)
+    async def oip_model(self, name: str) -> dict:
+        """The model's inputs and outputs; ``versions``: those answering unpinned calls."""
+        route = await self._route(name)
+        info = await self._classifier(name, route.champion)
+        served = [route.champion, *([route.candidate] if route.candidate else [])]
+        return oip.model_metadata(name, served, info["signature"])
+
+    @api.get("/v2/models/{name}/versions/{version}", **OIP_MODEL_ROUTE)
+    async def oip_model_version(self, name: str, version: str) -> dict:
+        v = oip.parse_version(version)
+        info = await self._classifier(checked_name(name), v)
+        return oip.model_metadata(name, [v], info["signature"])
+
+    @api.get("/v2/models/{name}/ready", **OIP_MODEL_ROUTE)
+    async def oip_model_ready(self, name: str) -> dict:
+        await self._classifier(name, (await self._route(name)).champion)
+        await self._ready(name)
+        return {"name": name, "ready": True}
+
+    @api.get("/v2/models/{name}/versions/{version}/ready", **OIP_MODEL_ROUTE)
+    async def oip_model_version_ready(self, name: str, version: str) -> dict:
+        await self._classifier(checked_name(name), oip.parse_version(version))
+        await self._ready(None)  # any registered version loads where Predictors run
+        return {"name": name, "ready": True}
+
+    @api.post("/v2/models/{name}/infer", responses=OIP_ERRORS, tags=[OIP])
+    async def oip_infer(self, name: str, request: Request, caller: Caller) -> Response:
+        """Infer with the version the model's release routing sends this caller to, as
+        ``POST /v1/models/{name}/predict`` does; JSON or binary tensors."""
+        route = await self._route(name)
+        req, inputs = await self._oip_inputs(name, route.champion, request)
+        who = safe_header(request, "X-User-ID") or caller.id
+        rid = request.state.request_id
+        order = self._order(request, caller)
+        result = await self.answers.answer(name, plan(route, who), inputs, rid, order)
+        request.state.version, request.state.region = result.version, result.region
+        return oip.infer_response(name, result, req, rid)
+
+    @api.post("/v2/models/{name}/versions/{version}/infer", responses=OIP_ERRORS, tags=[OIP])
+    async def oip_infer_version(
+        self, name: str, version: str, request: Request, caller: Caller
+    ) -> Response:
+        v = oip.parse_version(version)
+        req, inputs = await self._oip_inputs(checked_name(name), v, request)
+        result = await self.answers.call(name, v, inputs, self._order(request, caller))
+        request.state.version, request.state.region = v, result.region
+        return oip.infer_response(name, result, req, request.state.request_id)
+
+    # ---- readiness ----------------------------------------------------------------------
+
+    async def _ready(self, model: str | None) -> dict:
         health = self._watching()
         if health.running is None:  # a replica's first probe: read now, not after a poll
             app = serve.get_replica_context().app_name
@@ -322,9 +398,8 @@ class Gateway:
                 404, "model_not_found", f"Model {name!r} has no version {version}."
             ) from None
 
-    async def _inputs(self, name: str, version: int, request: Request) -> np.ndarray:
-        """The request's instances as the version's input array, or a 4xx naming why not."""
-        request.state.model = name  # validated by now: a bounded metrics tag
+    async def _classifier(self, name: str, version: int) -> dict:
+        """A classifier version's signature and task, or 404 / 422 for a language model."""
         info = await self._signature(name, version)
         if info["task"] == LM:
             raise ApiError(
@@ -332,6 +407,23 @@ class Gateway:
                 "wrong_route",
                 f"{name!r} is a language model: POST /v1/models/{name}/generate instead.",
             )
+        return info
+
+    async def _oip_inputs(
+        self, name: str, version: int, request: Request
+    ) -> tuple[oip.InferRequest, np.ndarray]:
+        request.state.model = name  # validated by now: a bounded metrics tag
+        info = await self._classifier(name, version)
+        raw = await read_body(request, self.config.max_body_bytes)
+        shape = info["signature"]["input_shape"]
+        return oip.read_infer(
+            bytes(raw), request.headers.get(oip.INFER_HEADER), shape, self.config.max_instances
+        )
+
+    async def _inputs(self, name: str, version: int, request: Request) -> np.ndarray:
+        """The request's instances as the version's input array, or a 4xx naming why not."""
+        request.state.model = name  # validated by now: a bounded metrics tag
+        info = await self._classifier(name, version)
         raw = await read_json_body(request, self.config.max_body_bytes)
         body = read_model(raw, PredictRequest)
         shape = info["signature"]["input_shape"]

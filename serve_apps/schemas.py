@@ -72,6 +72,12 @@ class ErrorResponse(BaseModel):
     request_id: str | None = None
 
 
+class OipErrorResponse(BaseModel):
+    """An error on the Open Inference Protocol's routes (``/v2``), in its shape."""
+
+    error: str = Field(description="What was wrong, and how to fix it.")
+
+
 class DatacenterPolicy(BaseModel):
     """How the gateway spreads requests over datacenters (``user_config.datacenters``).
 

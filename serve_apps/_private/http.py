@@ -38,12 +38,18 @@ def safe_request_id(given: str) -> str:
     return given if _SAFE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
-def error_response(err: ApiError, rid: str | None) -> JSONResponse:
-    return JSONResponse(
-        {"error": err.code, "detail": _safe_detail(err.detail), "request_id": rid},
-        status_code=err.status,
-        headers=err.headers,  # X-Request-ID is added by the gateway's middleware
-    )
+OIP_PREFIX = "/v2"  # the Open Inference Protocol's routes (serve_apps._private.oip)
+
+
+def error_response(err: ApiError, rid: str | None, path: str = "") -> JSONResponse:
+    """The error answer: ours, or the Open Inference Protocol's ``{"error": "..."}`` on
+    its routes (its clients read that field as the message)."""
+    if path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/"):
+        body: dict = {"error": _safe_detail(err.detail)}
+    else:
+        body = {"error": err.code, "detail": _safe_detail(err.detail), "request_id": rid}
+    # X-Request-ID is added by the gateway's middleware.
+    return JSONResponse(body, status_code=err.status, headers=err.headers)
 
 
 def _safe_detail(detail: str) -> str:
@@ -61,20 +67,30 @@ async def read_json_body(request: Request, cap: int) -> object:
     chunked body is counted as it arrives); 415 unless the content type is JSON; 422 for
     an empty body; 400 for malformed JSON (see ``parse_json``).
     """
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > cap:
-        raise ApiError(413, "body_too_large", f"Request body exceeds {cap} bytes.")
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "application/json":
         raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
+    body = await read_body(request, cap)
+    if not body.strip():
+        raise ApiError(422, "invalid_input", 'Empty body: send {"instances": [[...], ...]}.')
+    return parse_json(body)
+
+
+async def read_body(request: Request, cap: int) -> bytearray:
+    """The request's body as sent, at most ``cap`` bytes (413 past it, counted as chunks
+    arrive when no Content-Length is given); 415 for a compressed body (its expanded size
+    could not be capped before expanding it)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise ApiError(413, "body_too_large", f"Request body exceeds {cap} bytes.")
+    if request.headers.get("content-encoding", "identity").strip().lower() != "identity":
+        raise ApiError(415, "unsupported_media_type", "Send the body uncompressed.")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > cap:
             raise ApiError(413, "body_too_large", f"Request body exceeds {cap} bytes.")
-    if not body.strip():
-        raise ApiError(422, "invalid_input", 'Empty body: send {"instances": [[...], ...]}.')
-    return parse_json(body)
+    return body
 
 
 class _DuplicateKey(ValueError):

@@ -1,5 +1,6 @@
 """The gateway app's request ids, metrics and error answers: every failure leaves as the
-JSON error shape ``{"error", "detail", "request_id"}``, never as a traceback."""
+JSON error shape ``{"error", "detail", "request_id"}`` (the Open Inference Protocol's
+``{"error"}`` on its routes), never as a traceback."""
 
 from __future__ import annotations
 
@@ -14,10 +15,17 @@ from starlette.exceptions import HTTPException
 
 from actors.exceptions import ActorUnavailable
 from serve_apps._private.datacenters import SERVED_HEADER
-from serve_apps._private.http import ApiError, error_response, request_id, validation_message
+from serve_apps._private.http import (
+    OIP_PREFIX,
+    ApiError,
+    error_response,
+    request_id,
+    validation_message,
+)
 from serve_apps._private.metrics import gateway_metrics
 
 logger = logging.getLogger("ray.serve")
+_OBSERVED = ("/v1/", f"{OIP_PREFIX}/models/")  # the model routes: on the metrics
 
 
 class Observed:
@@ -52,9 +60,10 @@ class Observed:
             logger.exception("unhandled error in request %s", rid)
             request.state.error = "internal"
             if not status[1]:  # nothing sent yet: answer with a clean 500
-                response = error_response(ApiError(500, "internal", "Internal error."), rid)
+                err = ApiError(500, "internal", "Internal error.")
+                response = error_response(err, rid, scope["path"])
                 await response(scope, receive, observed_send)
-        if scope["path"].startswith("/v1/"):
+        if scope["path"].startswith(_OBSERVED):
             gateway_metrics().observe(request, status[0], status[1])
 
 
@@ -73,7 +82,7 @@ def add_error_handlers(app: FastAPI) -> None:
 
 def _answer(request: Request, err: ApiError) -> JSONResponse:
     request.state.error = err.code
-    return error_response(err, getattr(request.state, "request_id", None))
+    return error_response(err, getattr(request.state, "request_id", None), request.scope["path"])
 
 
 async def _api_error(request: Request, err: ApiError) -> JSONResponse:

@@ -24,3 +24,52 @@ def settings_env(tmp_path, monkeypatch: pytest.MonkeyPatch):
     from cluster.settings import get_settings
 
     return get_settings()
+
+
+# ---- the Gateway over ASGI, with in-process stand-ins (tests/unit/gateway_doubles.py) ----
+
+
+@pytest.fixture
+def gateway(settings_env, monkeypatch):
+    """The real Gateway replica, its upstreams replaced by ``gateway_doubles``; Serve's
+    replica context names it, as Serve would inject it as the routes' ``self``."""
+    from types import SimpleNamespace
+
+    from gateway_doubles import Generator, LimiterHandle, Predictor, Releases, ServeStatus, ignore
+    from ray import serve
+
+    from serve_apps._private import middleware
+    from serve_apps._private.access import QuotaGate
+    from serve_apps._private.answers import Answers
+    from serve_apps.gateway import Gateway
+
+    cls = Gateway.func_or_class.__wrapped__  # the class under Serve's ingress wrapper
+    predictor = Predictor()
+    g = cls(predictor, Generator())
+    g.releases = Releases()
+    g.answers = Answers({None: predictor}, g.releases, g.config.upstream_timeout_s)
+    g.quota = QuotaGate(0.1, 1.0, find_limiter=LimiterHandle)
+    context = SimpleNamespace(servable_object=g, app_name="models")
+    monkeypatch.setattr(serve, "get_replica_context", lambda: context)
+    g.serve_status = ServeStatus({"Predictor": 1})
+    monkeypatch.setattr(serve, "status", g.serve_status)
+    # Ray metrics need a Ray worker; what the middleware reports is not under test here.
+    monkeypatch.setattr(middleware, "gateway_metrics", lambda: SimpleNamespace(observe=ignore))
+    return g
+
+
+@pytest.fixture
+def client(gateway):
+    from starlette.testclient import TestClient
+
+    from serve_apps.gateway import api
+
+    with TestClient(api, raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture
+def key(settings_env) -> str:
+    from serve_apps.keys import KeyStore, keys_uri
+
+    return KeyStore(keys_uri(settings_env.storage_root)).create("tests")[0]

@@ -86,9 +86,12 @@ def test_rendering_is_a_pure_function(files):
 
 def test_the_runtime_api_is_a_private_socket_and_no_stats_are_served(files, rendered):
     _, parsed, out = rendered
-    assert parsed["global"].count(
-        f"stats socket {files.socket} mode 600 level admin expose-fd listeners"
-    ) == 1
+    assert (
+        parsed["global"].count(
+            f"stats socket {files.socket} mode 600 level admin expose-fd listeners"
+        )
+        == 1
+    )
     every = [line for lines in parsed.values() for line in lines]
     assert [line for line in every if line.startswith("stats ")] == [
         f"stats socket {files.socket} mode 600 level admin expose-fd listeners",
@@ -139,9 +142,9 @@ def test_a_restricted_key_only_ever_reaches_its_datacenters(rendered):
         assert lines.index(refusal) < min(
             (i for i, line in enumerate(lines) if "if !restricted" in line), default=len(lines)
         )
-    assert "frontend global" in parsed and "default_backend all_clusters" in parsed[
-        "frontend global"
-    ]
+    assert (
+        "frontend global" in parsed and "default_backend all_clusters" in parsed["frontend global"]
+    )
     assert "http-request del-header X-Origin-Datacenter" in parsed["frontend global"]
 
 
@@ -176,8 +179,7 @@ def test_every_cluster_is_checked_alive_then_ready_and_ejected_after_5xx(rendere
     ]
     assert "option httpchk" in us
     assert (
-        "default-server inter 500ms fall 3 rise 2 observe layer7 error-limit 4"
-        " on-error mark-down"
+        "default-server inter 500ms fall 3 rise 2 observe layer7 error-limit 4 on-error mark-down"
     ) in us
     servers = [line for line in us if line.startswith("server ")]
     assert servers == [

@@ -132,9 +132,7 @@ def _spec(backends, ports, **changes) -> edge.EdgeSpec:
                 {"name": f"{dc}-1", "datacenter": dc, "url": f"http://127.0.0.1:{b.port}"}
                 for dc, b in backends.items()
             ],
-            "frontends": [
-                {"datacenter": dc, "bind": ports[dc]} for dc in ("us-east", "eu-west")
-            ],
+            "frontends": [{"datacenter": dc, "bind": ports[dc]} for dc in ("us-east", "eu-west")],
             "global": {"bind": ports["global"]},
             "health": {"interval_s": 0.25, "fall": 2, "rise": 2, "ready_model": "digits"},
             "outliers": {"consecutive_5xx": 3},

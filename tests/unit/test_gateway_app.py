@@ -9,58 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from types import SimpleNamespace
 
 import pytest
 from gateway_doubles import (  # tests/unit's own module, on pytest's path
     ROW,
     Generator,
-    LimiterHandle,
     Predictor,
-    Releases,
-    ServeStatus,
-    ignore,
     post,
 )
-from ray import serve
 from ray.exceptions import RaySystemError
-from starlette.testclient import TestClient
 
 from actors.release.routing import Mode, Outcome, Route, in_candidate_share
-from serve_apps._private import middleware
 from serve_apps._private.access import QuotaGate
-from serve_apps._private.answers import Answers
-from serve_apps.gateway import Gateway, api
+from serve_apps.gateway import Gateway
 from serve_apps.keys import KeyStore, keys_uri
-
-
-@pytest.fixture
-def gateway(settings_env, monkeypatch):
-    cls = Gateway.func_or_class.__wrapped__  # the class under Serve's ingress wrapper
-    predictor = Predictor()
-    g = cls(predictor, Generator())
-    g.releases = Releases()
-    g.answers = Answers({None: predictor}, g.releases, g.config.upstream_timeout_s)
-    g.quota = QuotaGate(0.1, 1.0, find_limiter=LimiterHandle)
-    context = SimpleNamespace(servable_object=g, app_name="models")
-    monkeypatch.setattr(serve, "get_replica_context", lambda: context)
-    g.serve_status = ServeStatus({"Predictor": 1})
-    monkeypatch.setattr(serve, "status", g.serve_status)
-    # Ray metrics need a Ray worker; what the middleware reports is not under test here.
-    monkeypatch.setattr(middleware, "gateway_metrics", lambda: SimpleNamespace(observe=ignore))
-    return g
-
-
-@pytest.fixture
-def client(gateway):
-    with TestClient(api, raise_server_exceptions=False) as c:
-        yield c
-
-
-@pytest.fixture
-def key(settings_env) -> str:
-    return KeyStore(keys_uri(settings_env.storage_root)).create("tests")[0]
-
 
 PREDICT, FEEDBACK, GENERATE = (
     "/v1/models/digits/predict",
@@ -125,7 +87,14 @@ def test_the_key_headers_are_documented_once_per_model_route(client):
             headers = sorted(
                 p["name"] for p in operation.get("parameters", []) if p["in"] == "header"
             )
-            open_route = path in ("/healthz", "/readyz")  # health and readiness need no key
+            # Health, readiness and the OIP server's metadata need no key.
+            open_route = path in (
+                "/healthz",
+                "/readyz",
+                "/v2",
+                "/v2/health/live",
+                "/v2/health/ready",
+            )
             assert headers == ([] if open_route else ["authorization", "x-api-key"]), path
 
 

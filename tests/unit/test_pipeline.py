@@ -71,9 +71,7 @@ def test_the_default_split_minimises_the_largest_stage():
         best = min(
             max(
                 s.param_bytes
-                for s in plan_stages(
-                    model, PipelineConfig(num_stages=parts, split_points=points)
-                )
+                for s in plan_stages(model, PipelineConfig(num_stages=parts, split_points=points))
             )
             for points in itertools.combinations(range(1, 7), parts - 1)
         )

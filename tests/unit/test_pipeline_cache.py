@@ -124,9 +124,7 @@ def decode(batch: DecodeBatch, joining: list[Row], fail_at: int | None = None) -
         joining, step = [], step + 1
 
 
-def test_a_decode_batch_over_stages_and_a_restart_mid_stream_give_the_gpts_tokens(
-    gpt, tmp_path
-):
+def test_a_decode_batch_over_stages_and_a_restart_mid_stream_give_the_gpts_tokens(gpt, tmp_path):
     prompts = [[5, 6, 7], [1, 2, 3, 4, 5, 6], [9]]
     expected = [gpt.generate(torch.tensor([p]), 12, top_k=1)[0].tolist() for p in prompts]
     model = staged(gpt, tmp_path)
