@@ -18,6 +18,9 @@ CANDIDATE = "candidate"
 """The alias of the version a release would serve next."""
 MANIFEST_TAG = "aimass.manifest_sha256"
 PARENT_TAG = "aimass.parent"
+EXPORT_TAG = "aimass.export.{format}"
+"""Where a version's export in another format is (an artifact URI), and its manifest's
+SHA-256 (the same tag with ``.sha256``)."""
 DATA_TAG = "aimass.data_manifest_sha256"
 GIT_TAG = "aimass.git_sha"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")

@@ -50,6 +50,7 @@ from models.alias_events import EVENT_PREFIX, AliasEvent
 from models.exceptions import ModelError, ModelNotFound
 from models.refs import (
     CHAMPION,
+    EXPORT_TAG,
     MANIFEST_TAG,
     PARENT_TAG,
     ModelRef,
@@ -319,6 +320,36 @@ class Registry:
             for name in (package.MANIFEST_FILE, *files):
                 self._download(f"{info.source}/{name}", local)
         package.verify(local, info.manifest_sha256, only=files)
+        return local
+
+    def log_export(self, info: ModelVersionInfo, folder: Path, fmt: str) -> str:
+        """Log ``folder``, the version in another format (e.g. ``transformers``), beside its
+        package in the version's run, hashed like a package; tag the version with where it
+        is and the hash. Returns its artifact URI. The package itself does not change."""
+        if info.run_id is None or not info.source.endswith("/model"):
+            raise ModelNotFound(
+                f"{info.name} v{info.version} has no run to log to", model=info.name
+            )
+        sha = package.write_manifest(folder)
+        path = f"exports/{fmt}"
+        _retry(self.client.log_artifacts, info.run_id, str(folder), path)
+        uri = f"{info.source.removesuffix('/model')}/{path}"
+        self.tag_version(info.name, info.version, EXPORT_TAG.format(format=fmt), uri)
+        self.tag_version(info.name, info.version, EXPORT_TAG.format(format=fmt) + ".sha256", sha)
+        return uri
+
+    def fetch_export(self, info: ModelVersionInfo, fmt: str, dest: Path) -> Path:
+        """Download a version's ``fmt`` export to ``dest`` and verify it; ModelNotFound if
+        it was never exported."""
+        tag = EXPORT_TAG.format(format=fmt)
+        current = self.get(info.name, info.version)  # tags as of now: the export is newer
+        if tag not in current.tags:
+            raise ModelNotFound(
+                f"{info.name} v{info.version} has no {fmt} export: run jobs.export first",
+                model=info.name,
+            )
+        local = Path(self._download(current.tags[tag], dest))
+        package.verify(local, current.tags[tag + ".sha256"])
         return local
 
     def _download(self, uri: str, dest: Path) -> str:
