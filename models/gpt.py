@@ -234,12 +234,21 @@ def sample(
     temperature: float = 1.0,
     top_k: int | None = None,
     generator: torch.Generator | None = None,
+    top_p: float | None = None,
 ) -> torch.Tensor:
-    """One token id per row of ``logits`` (B, vocab); returns (B, 1)."""
+    """One token id per row of ``logits`` (B, vocab); returns (B, 1). ``top_k`` keeps the
+    k most likely tokens; ``top_p`` (nucleus sampling) the fewest most likely tokens whose
+    probabilities add up to at least ``top_p`` (the most likely one always)."""
     logits = logits / max(temperature, 1e-6)
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
         logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        ordered, order = torch.sort(logits, dim=-1, descending=True)
+        probs = F.softmax(ordered, dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # the mass of the tokens more likely than each
+        ordered = ordered.masked_fill(before >= top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, ordered)
     return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
 
 

@@ -35,7 +35,7 @@ from cluster.topology import REGION_LABEL
 from models.exceptions import ModelNotFound
 from models.refs import CHAMPION
 from models.signature import LM
-from serve_apps._private import oip, sse
+from serve_apps._private import oip, openai_api, sse
 from serve_apps._private.access import QuotaGate, authenticate
 from serve_apps._private.answers import SINGLE, Answers
 from serve_apps._private.bodies import checked_name, prediction_response, read_model, to_array
@@ -47,9 +47,18 @@ from serve_apps._private.datacenters import (
     read_replicas,
     watch_replicas,
 )
-from serve_apps._private.http import ApiError, read_body, read_json_body, safe_header
+from serve_apps._private.http import (
+    CHAT_COMPLETIONS,
+    COMPLETIONS,
+    ApiError,
+    read_body,
+    read_json_body,
+    safe_header,
+)
 from serve_apps._private.middleware import Observed, add_error_handlers
 from serve_apps._private.model_ids import model_id
+from serve_apps._private.prediction import Prediction
+from serve_apps._private.response_cache import ResponseCache
 from serve_apps._private.routing import plan
 from serve_apps._private.upstream import feedback_error
 from serve_apps.keys import KeyRecord, KeyStore, keys_uri
@@ -62,6 +71,8 @@ from serve_apps.schemas import (
     ModelInfo,
     ModelList,
     OipErrorResponse,
+    OpenAIErrorResponse,
+    OpenAIModel,
     PredictRequest,
     PredictResponse,
 )
@@ -75,7 +86,8 @@ api = FastAPI(
 _STATUSES = (400, 401, 403, 404, 413, 415, 422, 429, 503, 504)
 ERRORS = {s: {"model": ErrorResponse} for s in _STATUSES}
 OIP_ERRORS = {s: {"model": OipErrorResponse} for s in _STATUSES}
-OIP = "open inference protocol"  # the routes' OpenAPI tag
+OPENAI_ERRORS = {s: {"model": OpenAIErrorResponse} for s in _STATUSES if s != 422}
+OIP, OPENAI = "open inference protocol", "openai"  # the routes' OpenAPI tags
 
 
 def body_schema(model: type) -> dict:
@@ -116,6 +128,13 @@ ADMITTED = [Depends(admitted)]
 OIP_MODEL_ROUTE = {"responses": OIP_ERRORS, "tags": [OIP], "dependencies": ADMITTED}
 
 
+def openai_route(body: type) -> dict:
+    """The OpenAPI of an OpenAI route: its body, JSON or a stream of events, a key."""
+    streamed = {200: {"content": {"text/event-stream": {}}}}
+    extra = {"openapi_extra": body_schema(body), "dependencies": ADMITTED}
+    return {"responses": OPENAI_ERRORS | streamed, "tags": [OPENAI], **extra}
+
+
 def _own_region() -> str | None:
     """The datacenter (Ray region label) of the node this replica runs on."""
     import ray
@@ -151,6 +170,7 @@ class Gateway:
         # Predictor deployments by datacenter (None: the one Predictor), watched for replicas.
         self._deployments = {dc: predictor_name(dc) if dc else "Predictor" for dc in by_dc}
         self._watch: asyncio.Task | None = None
+        self.cache = ResponseCache(c.response_cache)
 
     def reconfigure(self, user_config: dict) -> None:
         self.config = c = GatewayConfig(**user_config)
@@ -158,6 +178,7 @@ class Gateway:
         self.answers.timeout_s = c.upstream_timeout_s
         self.answers.attempt_timeout_s = c.datacenters.attempt_timeout_s
         self.releases.reconfigure(c.catalog_ttl_s, c.outcomes_flush_s, c.controller_timeout_s)
+        self.cache.reconfigure(c.response_cache)
         if self.datacenters is not None:
             self.datacenters.reconfigure(c.datacenters)  # names unknown datacenters: refused
 
@@ -238,12 +259,8 @@ class Gateway:
         ``POST /v1/models/{name}/predict`` does; JSON or binary tensors."""
         route = await self._route(name)
         req, inputs = await self._oip_inputs(name, route.champion, request)
-        who = safe_header(request, "X-User-ID") or caller.id
-        rid = request.state.request_id
-        order = self._order(request, caller)
-        result = await self.answers.answer(name, plan(route, who), inputs, rid, order)
-        request.state.version, request.state.region = result.version, result.region
-        return oip.infer_response(name, result, req, rid)
+        result = await self._answer(name, route, inputs, request, caller)
+        return oip.infer_response(name, result, req, request.state.request_id)
 
     @api.post("/v2/models/{name}/versions/{version}/infer", responses=OIP_ERRORS, tags=[OIP])
     async def oip_infer_version(
@@ -293,7 +310,7 @@ class Gateway:
                     num_classes=info["signature"]["num_classes"],
                 )
             )
-        return ModelList(models=models)
+        return ModelList(models=models, data=[OpenAIModel(id=m.name) for m in models])
 
     @api.post(
         "/v1/models/{name}/predict",
@@ -308,13 +325,8 @@ class Gateway:
         ``X-Served-Region``, the datacenter that answered)."""
         route = await self._route(name)
         inputs = await self._inputs(name, route.champion, request)
-        # Sticky per end user when the application names one, else per API key.
-        who = safe_header(request, "X-User-ID") or caller.id
-        rid = request.state.request_id
-        order = self._order(request, caller)
-        result = await self.answers.answer(name, plan(route, who), inputs, rid, order)
-        request.state.version, request.state.region = result.version, result.region
-        return prediction_response(name, result, rid)
+        result = await self._answer(name, route, inputs, request, caller)
+        return prediction_response(name, result, request.state.request_id)
 
     @api.post(
         "/v1/models/{name}/versions/{version}/predict",
@@ -376,11 +388,55 @@ class Gateway:
         body = read_model(raw, GenerateRequest)  # the schema; the Generator checks its limits
         handle = self.generator.options(stream=True, multiplexed_model_id=model_id(name, version))
         stream = handle.generate.remote(
-            body.prompt, body.max_new_tokens, body.temperature, body.top_k, body.seed
+            body.prompt, body.max_new_tokens, body.temperature, body.top_k, body.seed, body.top_p
         )
         return await sse.stream_response(
             stream, version, request.state.request_id, self.config.upstream_timeout_s
         )
+
+    # ---- the OpenAI API for language models: serve_apps._private.openai_api ------------
+
+    @api.post(COMPLETIONS, **openai_route(openai_api.CompletionRequest))
+    async def completions(self, request: Request) -> Response:
+        """OpenAI's completions: ``prompt`` continued by ``model`` (``gpt`` or ``gpt:3``)."""
+        raw = await read_json_body(request, self.config.max_body_bytes)
+        return await self._openai(request, read_model(raw, openai_api.CompletionRequest))
+
+    @api.post(CHAT_COMPLETIONS, **openai_route(openai_api.ChatRequest))
+    async def chat_completions(self, request: Request) -> Response:
+        """OpenAI's chat completions: the model continues the chat as ``assistant``."""
+        raw = await read_json_body(request, self.config.max_body_bytes)
+        return await self._openai(request, read_model(raw, openai_api.ChatRequest))
+
+    async def _openai(self, request: Request, body) -> Response:
+        name, _, pinned = body.model.partition(":")
+        version = oip.parse_version(pinned) if pinned else (await self._route(name)).champion
+        request.state.model, request.state.version = checked_name(name), version
+        info = await self._signature(name, version)
+        if info["task"] != LM:
+            raise ApiError(
+                422,
+                "wrong_route",
+                f"{name!r} is not a language model: POST /v1/models/{name}/predict instead.",
+            )
+        handle = self.generator.options(stream=True, multiplexed_model_id=model_id(name, version))
+        temperature, top_k, top_p = openai_api.sampling(body)
+
+        async def start(prompt: str, tokens: int, seed: int | None) -> openai_api.Started:
+            stream = handle.generate.remote(prompt, tokens, temperature, top_k, seed, top_p)
+            try:
+                first = await stream.__anext__()
+            except StopAsyncIteration:
+                first = None
+            except BaseException:
+                stream.cancel()
+                raise
+            return openai_api.Started(stream, first)
+
+        choices = await openai_api.started(body, start, self.config.upstream_timeout_s)
+        rid = request.state.request_id
+        context = info["signature"]["input_shape"][0]
+        return await openai_api.answer(body, choices, f"{name}:{version}", rid, context)
 
     # ---- the request path ---------------------------------------------------------------
 
@@ -397,6 +453,25 @@ class Gateway:
             raise ApiError(
                 404, "model_not_found", f"Model {name!r} has no version {version}."
             ) from None
+
+    async def _answer(
+        self, name: str, route: Route, inputs: np.ndarray, request: Request, caller: KeyRecord
+    ) -> Prediction:
+        """The answer the model's release routing gives this caller: from the response
+        cache when the model has one and holds it, else from the models."""
+        # Sticky per end user when the application names one, else per API key.
+        how = plan(route, safe_header(request, "X-User-ID") or caller.id)
+        entry = self.cache.key(name, how, caller.id, inputs)
+        result = self.cache.get(name, entry) if entry else None
+        if entry:
+            request.state.cache = "hit" if result else "miss"  # on the metrics
+        if result is None:
+            rid, order = request.state.request_id, self._order(request, caller)
+            result = await self.answers.answer(name, how, inputs, rid, order)
+            if entry:
+                self.cache.put(name, entry, result)
+        request.state.version, request.state.region = result.version, result.region
+        return result
 
     async def _classifier(self, name: str, version: int) -> dict:
         """A classifier version's signature and task, or 404 / 422 for a language model."""

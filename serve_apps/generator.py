@@ -181,6 +181,7 @@ class Generator:
         temperature: float,
         top_k: int | None,
         seed: int | None,
+        top_p: float | None = None,
     ) -> AsyncIterator[str]:
         """Stream the continuation of ``prompt`` from the version the request's model id names.
 
@@ -200,6 +201,7 @@ class Generator:
                 "temperature": temperature,
                 "top_k": top_k,
                 "seed": seed,
+                "top_p": top_p,
             },
             context={GENERATION_LIMITS: self.config},
         )
@@ -214,6 +216,7 @@ class Generator:
             remaining=request.max_new_tokens,
             temperature=request.temperature,
             top_k=request.top_k,
+            top_p=request.top_p,
             rng=rng,
             use_cache=self.config.kv_cache,
         )

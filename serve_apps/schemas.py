@@ -6,7 +6,7 @@ becomes data: anything they do not accept is answered with a 4xx naming the prob
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -62,8 +62,21 @@ class ModelInfo(BaseModel):
     num_classes: int
 
 
+class OpenAIModel(BaseModel):
+    """A served model as OpenAI's model list shows it (``id``: what ``model`` names)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    owned_by: str = "aimass"
+
+
 class ModelList(BaseModel):
+    """The served models: ``models`` (ours), and ``object`` / ``data`` in OpenAI's list
+    shape, so ``client.models.list()`` of OpenAI's client reads the same answer."""
+
     models: list[ModelInfo]
+    object: Literal["list"] = "list"
+    data: list[OpenAIModel] = []
 
 
 class ErrorResponse(BaseModel):
@@ -76,6 +89,19 @@ class OipErrorResponse(BaseModel):
     """An error on the Open Inference Protocol's routes (``/v2``), in its shape."""
 
     error: str = Field(description="What was wrong, and how to fix it.")
+
+
+class OpenAIError(BaseModel):
+    message: str
+    type: str = Field(description="e.g. 'invalid_request_error', 'authentication_error'.")
+    param: str | None = None
+    code: str | None = Field(None, description="Our machine-readable code.")
+
+
+class OpenAIErrorResponse(BaseModel):
+    """An error on the OpenAI API's routes, in OpenAI's shape."""
+
+    error: OpenAIError
 
 
 class DatacenterPolicy(BaseModel):
@@ -115,6 +141,19 @@ class DatacenterPolicy(BaseModel):
     )
 
 
+class CachePolicy(BaseModel):
+    """How a model's answers are cached in each gateway replica (``response_cache``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_entries: int = Field(1024, ge=1, le=1_000_000, description="Answers kept (LRU).")
+    per_key: bool = Field(
+        True,
+        description="Answers cached for one API key serve that key only, so tenants never "
+        "share them; false shares them between keys (a public model).",
+    )
+
+
 class GatewayConfig(BaseModel):
     """Gateway tunables (``user_config`` of the Gateway deployment in serve_config.yaml)."""
 
@@ -145,6 +184,10 @@ class GatewayConfig(BaseModel):
     datacenters: DatacenterPolicy = Field(
         default_factory=DatacenterPolicy,
         description="Spreading over datacenters, when the application has several.",
+    )
+    response_cache: dict[str, CachePolicy] = Field(
+        default_factory=dict,
+        description="Models whose answers each replica caches, by name (none by default).",
     )
 
 
@@ -244,6 +287,13 @@ class GenerateRequest(BaseModel):
         strict=True,
         description="Random seed: the same seed, prompt and model version give the same text. "
         "Null draws a fresh one.",
+    )
+    top_p: FiniteFloat | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Nucleus sampling: from the most likely tokens that together make up this "
+        "much probability; null (or 1) samples from all of them.",
     )
 
     @field_validator("prompt")

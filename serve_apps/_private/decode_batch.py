@@ -47,6 +47,8 @@ class Row:
     rng: torch.Generator
     use_cache: bool = True
     """False: every token runs the whole context again (the uncached baseline)."""
+    top_p: float | None = None
+    """Nucleus sampling: the most likely tokens that make up this much probability."""
     cancelled: bool = False
     """Set from the event loop when the consumer left: the row leaves at the next step."""
 
@@ -133,7 +135,9 @@ class DecodeBatch:
         self.forwards += 1
         produced = []
         for i, row in enumerate(rows):
-            token = int(sample(logits[i : i + 1, -1], row.temperature, row.top_k, row.rng))
+            token = int(
+                sample(logits[i : i + 1, -1], row.temperature, row.top_k, row.rng, row.top_p)
+            )
             row.context.append(token)
             row.remaining -= 1
             produced.append((row, token))

@@ -39,17 +39,27 @@ def safe_request_id(given: str) -> str:
 
 
 OIP_PREFIX = "/v2"  # the Open Inference Protocol's routes (serve_apps._private.oip)
+COMPLETIONS, CHAT_COMPLETIONS = "/v1/completions", "/v1/chat/completions"  # OpenAI's
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error"}
 
 
 def error_response(err: ApiError, rid: str | None, path: str = "") -> JSONResponse:
-    """The error answer: ours, or the Open Inference Protocol's ``{"error": "..."}`` on
-    its routes (its clients read that field as the message)."""
+    """The error answer: ours, or the protocol's on its routes (their clients read the
+    message there): the Open Inference Protocol's ``{"error": "..."}``, OpenAI's
+    ``{"error": {"message", "type", "param", "code"}}``."""
+    detail, status = _safe_detail(err.detail), err.status
     if path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/"):
-        body: dict = {"error": _safe_detail(err.detail)}
+        body: dict = {"error": detail}
+    elif path in (COMPLETIONS, CHAT_COMPLETIONS):
+        status = 400 if status == 422 else status  # OpenAI answers every bad request 400
+        kind = _OPENAI_TYPES.get(
+            status, "invalid_request_error" if status < 500 else "server_error"
+        )
+        body = {"error": {"message": detail, "type": kind, "param": None, "code": err.code}}
     else:
-        body = {"error": err.code, "detail": _safe_detail(err.detail), "request_id": rid}
+        body = {"error": err.code, "detail": detail, "request_id": rid}
     # X-Request-ID is added by the gateway's middleware.
-    return JSONResponse(body, status_code=err.status, headers=err.headers)
+    return JSONResponse(body, status_code=status, headers=err.headers)
 
 
 def _safe_detail(detail: str) -> str:

@@ -8,6 +8,7 @@ deployment, replica and application tags Serve adds).
     aimass_datacenter_answers_total{origin, served}        answers by where they entered and
                                                            where they were served (spillover)
     aimass_batch_size{model, version}                      requests per ONNX Runtime call
+    aimass_response_cache_total{model, result}             cached models' lookups: hit, miss
 
 The release controller exports the canary share (``aimass_release_candidate_share``).
 Key tags carry the key's id, never the secret.
@@ -52,9 +53,18 @@ class GatewayMetrics:
             tag_keys=("origin", "served"),
         )
 
+        self.cache = Counter(
+            "aimass_response_cache",
+            description="Lookups in the response cache of the models that have one: hit or miss.",
+            tag_keys=("model", "result"),
+        )
+
     def observe(self, request: Request, status: int, seconds: float) -> None:
         state = request.state
         model = getattr(state, "model", "")
+        cached = getattr(state, "cache", None)
+        if cached:
+            self.cache.inc(tags={"model": model, "result": cached})
         version = str(getattr(state, "version", ""))
         key = getattr(state, "key", "")
         dc = getattr(state, "region", None) or ""

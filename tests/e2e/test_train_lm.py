@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
+import openai
 import pytest
 import torch
 from ray._common.test_utils import wait_for_condition
@@ -310,6 +311,81 @@ def test_the_trained_model_generates_text_over_http_as_server_sent_events(served
     got = httpx.post(predict, json={"instances": [[1.0]]}, headers=headers, timeout=30)
     assert got.status_code == 422 and got.json()["error"] == "wrong_route"
     assert httpx.post(url, json=body, timeout=30).status_code == 401
+
+
+def test_the_openai_client_completes_and_chats_with_the_trained_version(served, gpt_version: int):
+    served.registry.promote("gpt", gpt_version, reason="e2e: serve the trained LM")
+    wait_for_version(served.settings, served.key, "gpt", gpt_version)
+    client = openai.OpenAI(
+        base_url=f"{served.settings.serve_url}/v1", api_key=served.key, max_retries=0, timeout=60
+    )
+    plain = client.completions.create(
+        model="gpt", prompt="def main(", max_tokens=24, temperature=0.8, seed=7
+    )
+    assert plain.model == f"gpt:{gpt_version}" and plain.choices[0].finish_reason == "length"
+    assert plain.usage.completion_tokens == 24 and plain.usage.prompt_tokens == len("def main(")
+    # Streamed with the same seed: the same text, in OpenAI's chunks ending in [DONE].
+    chunks = list(
+        client.completions.create(
+            model=f"gpt:{gpt_version}",
+            prompt="def main(",
+            max_tokens=24,
+            temperature=0.8,
+            seed=7,
+            stream=True,
+        )
+    )
+    assert "".join(c.choices[0].text for c in chunks) == plain.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+    greedy = {"model": "gpt", "temperature": 0, "max_tokens": 64}
+    lines = client.completions.create(prompt="import ", stop=["\n"], **greedy)
+    assert "\n" not in lines.choices[0].text
+    chat = client.chat.completions.create(
+        messages=[{"role": "user", "content": "Write a function."}], n=2, top_p=0.9, **greedy
+    )
+    assert [c.message.role for c in chat.choices] == ["assistant", "assistant"]
+    assert chat.choices[0].message.content == chat.choices[1].message.content  # greedy
+    streamed = client.chat.completions.create(
+        messages=[{"role": "user", "content": "Write a function."}], stream=True, **greedy
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    assert text == chat.choices[0].message.content
+
+    assert "gpt" in [m.id for m in client.models.list()]
+    wrong = openai.OpenAI(base_url=client.base_url, api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as err:
+        wrong.completions.create(model="gpt", prompt="x")
+    assert err.value.status_code == 401 and err.value.body["type"] == "authentication_error"
+    with pytest.raises(openai.BadRequestError, match="not a language model"):
+        client.completions.create(model="digits", prompt="x")
+
+
+def test_the_trained_version_exports_to_transformers_with_the_same_logits(
+    submit, served, gpt_version: int, tmp_path
+):
+    from transformers import GPT2LMHeadModel  # heavy: only this test needs it
+
+    out = submit(
+        "python", "-m", "jobs.export", "--model", f"gpt@{gpt_version}", "--output", str(tmp_path)
+    ).stdout
+    assert f"[export] gpt v{gpt_version} in transformers format" in out, out[-2000:]
+    folder = served.registry.fetch(served.registry.get("gpt", gpt_version))
+    config = package.PackageConfig.read(folder)
+    ours = load_weights(
+        build_model(config.architecture, **config.options), folder / "model.safetensors"
+    )
+    theirs = GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    ids = torch.tensor([encode("def main(self):\n    return")])
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(ids).logits, ours.eval()(ids)[0], atol=1e-4, rtol=1e-4)
+    # The registry keeps it with the version, verified on the way out.
+    fetched = served.registry.fetch_export(
+        served.registry.get("gpt", gpt_version), "transformers", tmp_path / "again"
+    )
+    assert (fetched / "model.safetensors").read_bytes() == (
+        tmp_path / "model.safetensors"
+    ).read_bytes()
 
 
 PIPELINE = {"num_stages": 2, "num_cpus_per_stage": 0.1, "ready_timeout_s": 120}

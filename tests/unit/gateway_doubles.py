@@ -104,12 +104,14 @@ class Generator:
 
     def __init__(self) -> None:
         self.pieces, self.error, self.streams = ["Hel", "lo"], None, []
+        self.asked: list[tuple] = []  # the arguments of each generation
 
     def options(self, stream: bool, multiplexed_model_id: str):
         assert stream
         return SimpleNamespace(generate=SimpleNamespace(remote=self._generate))
 
-    def _generate(self, prompt, max_new_tokens, temperature, top_k, seed) -> Stream:
+    def _generate(self, prompt, max_new_tokens, temperature, top_k, seed, top_p=None) -> Stream:
+        self.asked.append((prompt, max_new_tokens, temperature, top_k, seed, top_p))
         body = {"prompt": prompt, "max_new_tokens": max_new_tokens}
         try:
             GenerateRequest.model_validate(body, context={"limits": GeneratorConfig()})

@@ -1,7 +1,17 @@
 import pytest
 import torch
 
-from models.gpt import GPT, GPT_PRESETS, GPTConfig, KVCache, decode, encode, gpt_config, run_blocks
+from models.gpt import (
+    GPT,
+    GPT_PRESETS,
+    GPTConfig,
+    KVCache,
+    decode,
+    encode,
+    gpt_config,
+    run_blocks,
+    sample,
+)
 
 
 def test_tiny_preset_is_under_a_million_parameters_and_the_formula_is_exact():
@@ -133,3 +143,16 @@ def test_a_range_of_blocks_runs_with_its_own_cache_as_a_pipeline_stage_would(sma
             run_blocks(small.blocks, x, first)
         with pytest.raises(ValueError, match="exceed the cache's 48"):
             run_blocks(small.blocks[:2], torch.zeros(1, 40, 128), first)
+
+
+def test_nucleus_sampling_keeps_the_fewest_tokens_that_reach_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    rng = torch.Generator().manual_seed(0)
+
+    def drawn(top_p: float | None) -> set[int]:
+        return {int(sample(logits, 1.0, None, rng, top_p)) for _ in range(400)}
+
+    assert drawn(0.75) == {0, 1}  # 0.5 + 0.3 reach 0.75
+    assert drawn(0.5) == {0}  # the most likely alone reaches it
+    assert drawn(0.01) == {0}  # never empty
+    assert drawn(None) == drawn(1.0) == {0, 1, 2, 3}
