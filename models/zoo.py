@@ -37,6 +37,18 @@ def _gpt_signature(preset: str = "tiny", **overrides) -> Signature:
     return Signature(input_shape=(cfg.block_size,), num_classes=cfg.vocab_size, input_dtype="int64")
 
 
+def _ensemble(**_options) -> nn.Module:
+    raise ModelError(
+        "An ensemble has no torch module: its ONNX graph combines its members' graphs "
+        "(models.ensemble, made by jobs.ensemble).",
+        architecture="ensemble",
+    )
+
+
+def _ensemble_signature(input_shape, num_classes: int, **_options) -> Signature:
+    return Signature(input_shape=tuple(input_shape), num_classes=int(num_classes))
+
+
 ARCHITECTURES: dict[str, Architecture] = {
     "digits_cnn": Architecture(
         build=digits.DigitsCNN,
@@ -50,6 +62,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     ),
     # Options: {"preset": "tiny" | "small" | "125m" | ..., plus GPTConfig field overrides}.
     "gpt": Architecture(build=_gpt, signature=_gpt_signature, task=LM),
+    # Options: {"members": ["digits@3", ...], "rule", "weights", "input_shape", "num_classes"}.
+    "ensemble": Architecture(build=_ensemble, signature=_ensemble_signature),
 }
 
 

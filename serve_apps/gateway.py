@@ -315,6 +315,7 @@ class Gateway:
     @api.post(
         "/v1/models/{name}/predict",
         response_model=PredictResponse,
+        response_model_exclude_none=True,  # `members` only for ensembles
         responses=ERRORS,
         tags=["models"],
         openapi_extra=PREDICT_BODY,
@@ -326,11 +327,13 @@ class Gateway:
         route = await self._route(name)
         inputs = await self._inputs(name, route.champion, request)
         result = await self._answer(name, route, inputs, request, caller)
-        return prediction_response(name, result, request.state.request_id)
+        members = (await self._signature(name, result.version)).get("members")
+        return prediction_response(name, result, request.state.request_id, members)
 
     @api.post(
         "/v1/models/{name}/versions/{version}/predict",
         response_model=PredictResponse,
+        response_model_exclude_none=True,  # `members` only for ensembles
         responses=ERRORS,
         tags=["models"],
         openapi_extra=PREDICT_BODY,
@@ -345,7 +348,8 @@ class Gateway:
         inputs = await self._inputs(name, version, request)
         result = await self.answers.call(name, version, inputs, self._order(request, caller))
         request.state.version, request.state.region = version, result.region
-        return prediction_response(name, result, request.state.request_id)
+        members = (await self._signature(name, version)).get("members")
+        return prediction_response(name, result, request.state.request_id, members)
 
     @api.post(
         "/v1/models/{name}/feedback",

@@ -34,6 +34,9 @@ class PredictResponse(BaseModel):
     predictions: list[int] = Field(description="Predicted class per instance.")
     probabilities: list[list[float]] = Field(description="Class probabilities per instance.")
     request_id: str | None = Field(None, description="Quote it when sending labels back.")
+    members: list[str] | None = Field(
+        None, description="An ensemble's member versions (name@version), all of which answered."
+    )
 
 
 class FeedbackRequest(BaseModel):

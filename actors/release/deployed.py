@@ -31,7 +31,10 @@ class ClusterRegistry(Registry):
         with tempfile.TemporaryDirectory(prefix="aimass-signature-") as tmp:
             folder = self.fetch(self.get(model, version), Path(tmp))
             cfg = package.PackageConfig.read(folder)
-        return {"signature": cfg.signature.to_dict(), "task": architecture(cfg.architecture).task}
+        info = {"signature": cfg.signature.to_dict(), "task": architecture(cfg.architecture).task}
+        if "members" in cfg.options:  # an ensemble: its answers say who answered
+            info["members"] = list(cfg.options["members"])
+        return info
 
 
 def parts() -> dict:

@@ -55,11 +55,14 @@ def to_array(
     return np.asarray(req.instances, dtype=np.float32).reshape(-1, *input_shape)
 
 
-def prediction_response(name: str, result: Prediction, rid: str | None) -> PredictResponse:
+def prediction_response(
+    name: str, result: Prediction, rid: str | None, members: list[str] | None = None
+) -> PredictResponse:
     return PredictResponse(
         model=name,
         version=result.version,
         predictions=result.probabilities.argmax(axis=1).tolist(),
         probabilities=result.probabilities.astype(np.float64).round(6).tolist(),
         request_id=rid,
+        members=members,
     )

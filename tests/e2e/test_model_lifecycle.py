@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from models import package
@@ -112,3 +113,25 @@ def test_train_submission_applies_set_overrides_and_refuses_a_bad_one(served, su
     assert bad.returncode != 0
     assert "error: --set use_gpu='ture': Input should be a valid boolean" in log, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
+
+
+def test_an_ensemble_is_measured_gated_and_served_like_any_version(served, submit, int8_version):
+    members = f"digits@{served.version},digits@{int8_version}"
+    out = submit("python", "-m", "jobs.ensemble", "--members", members, "--rule", "vote").stdout
+    assert f"vote of {members.replace(',', ', ')}: test accuracy" in out, out[-3000:]
+    version = int(re.search(r"\[ensemble\] registered digits version (\d+)", out).group(1))
+    accuracy = float(re.search(r"ensemble  ([\d.]+) ", out).group(1))
+    assert accuracy >= 0.95, out[-3000:]  # two ~0.98 members voting
+    gated = submit(
+        "python", "-m", "jobs.evaluate", "--model", f"digits@{version}", "--promote", "false"
+    ).stdout
+    assert "gate accuracy vs champion" in gated and "FAILED" not in gated, gated[-3000:]
+    answer = httpx.post(
+        f"{served.settings.serve_url}/v1/models/digits/versions/{version}/predict",
+        json={"instances": [[3.0] * 64]},
+        headers={"X-API-Key": served.key},
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["members"] == members.split(",")
+    assert served.registry.resolve("digits@champion").version == served.version

@@ -25,6 +25,11 @@ SIGNATURES = {
     ("digits", 3): {"signature": {"input_shape": [WIDTH], "num_classes": 10}, "task": CLASSIFY},
     ("digits", 4): {"signature": {"input_shape": [WIDTH], "num_classes": 10}, "task": CLASSIFY},
     ("gpt", 1): {"signature": {"input_shape": [8], "num_classes": 256}, "task": LM},
+    ("digits", 5): {  # an ensemble (jobs.ensemble)
+        "signature": {"input_shape": [WIDTH], "num_classes": 10},
+        "task": CLASSIFY,
+        "members": ["digits@3", "digits@4"],
+    },
 }
 
 
