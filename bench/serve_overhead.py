@@ -24,6 +24,11 @@ and an API key, under the same load:
   would try first, serving the same ONNX file (``bench._litserve_baseline``: one worker,
   dynamic batching up to 16 requests in 2 ms, its X-API-Key check on, the same niceness).
   ``ratio_vs_litserve`` = ours req/s / LitServe's; goal >= 1.0.
+- ``--floor``: also the baseline's handler in one Serve replica, deployed beside the model
+  API as the ``floor`` application (``bench._serve_floor``), called at ``/floor/v1/...``
+  through the same Serve ingress (the proxy, or HAProxy with direct ingress). Not a goal:
+  ``floor_ratio`` (its req/s / plain FastAPI's) is the most any design on a Serve ingress
+  reaches on this machine, i.e. what Serve's own path costs; the rest of the gap is ours.
 
 The client (``bench._serve_load.run_load``: raw asyncio streams on uvloop, one keep-alive
 connection per concurrent request) runs ``--concurrency`` requests back to back, warmed up,
