@@ -11,7 +11,8 @@ dataset's rows repeated) in ``--files`` Parquet files. Both sides read every fil
 in batches of ``--batch-size`` with one ONNX Runtime thread per process and write one
 Parquet file of predictions per input file:
 
-- ours: ``python -m jobs.batch_predict`` submitted as a job, ``--concurrency`` actors;
+- ours: ``python -m jobs.batch_predict`` submitted as a job, ``--concurrency`` actors
+  sharing the files out (each reads, scores and writes whole files);
   rows/s from the job's own clock (from listing the files to the last shard written: actor
   start-up included) and, apart, from submission to the job's end (``submit_rows_per_s``);
 - baseline: one plain Python process (``bench.batch_predict baseline``), its own clock.
@@ -122,7 +123,11 @@ def ours(settings, inputs: Path, output: Path, args) -> dict:
         f"--concurrency {args.concurrency} --batch-size {args.batch_size} --threads 1"
     )
     start = time.monotonic()
-    run_job(settings, entry, REPO, lines.append, timeout_s=1800)
+    def echo(line: str) -> None:
+        lines.append(line)
+        log(line)
+
+    run_job(settings, entry, REPO, echo, timeout_s=1800)
     wall = time.monotonic() - start
     found = [_RATE.search(line) for line in lines]
     rows, seconds = next((int(m[1].replace(",", "")), float(m[2])) for m in found if m)

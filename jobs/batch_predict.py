@@ -4,12 +4,13 @@
 
 ``--input`` is a registered dataset (``digits``: every split; ``digits:test``: one) or a
 Parquet URI (a file, or a folder read recursively) with a ``features`` column. Ray Data
-reads the files in parallel tasks and streams their rows through ``--concurrency`` actors,
-each holding the version's ONNX Runtime session (``--threads`` intra-op threads), in
-batches of ``--batch-size`` rows. Each input file becomes one output shard
-(``part-<hash of its URI>.parquet``: ``row`` (its position in the input file), ``prediction``,
-``probabilities``, and ``label`` when the input has one), written whole or not at all, with
-the model and version in its metadata; ``_manifest.json`` lists them when the job is done.
+shares the input files out to ``--concurrency`` actors, each holding the version's ONNX
+Runtime session (``--threads`` intra-op threads): an actor reads its file in batches of
+``--batch-size`` rows, scores them and writes the file's output shard
+(``part-<hash of its URI>.parquet``: ``row`` (its position in the input file),
+``prediction``, ``probabilities``, and ``label`` when the input has one) whole or not at
+all, with the model and version in its metadata. Files are the unit of parallelism: give
+more files than actors. ``_manifest.json`` lists the shards when the job is done.
 
 Resumable by output shard: run the same command again after a failure and the files whose
 shard exists are skipped. An output folder that holds another version's predictions is
@@ -43,7 +44,6 @@ from models.signature import CLASSIFY, INPUT_NAME, OUTPUT_NAME
 from models.zoo import architecture
 
 MANIFEST, VERSION_FILE = "_manifest.json", "_version.json"
-READ_TASK_CPUS = 0.25  # decoding Parquet is far from a core; actors hold the CPUs
 
 
 class BatchPredictConfig(BaseModel):
@@ -56,24 +56,50 @@ class BatchPredictConfig(BaseModel):
     num_cpus: float = Field(0.5, gt=0, le=64, description="CPUs Ray reserves per actor.")
 
 
-class Scorer:
-    """A Ray Data actor: the version's ONNX Runtime session, loaded once per actor."""
+class ShardScorer:
+    """A Ray Data actor scoring whole input files: it reads one in ``batch_size``-row
+    batches (memory bounded by a batch), runs the version's ONNX Runtime session (loaded
+    once per actor) on each and writes the file's output shard itself, so shards are
+    written in parallel and no row travels back through the driver."""
 
-    def __init__(self, onnx: bytes, input_shape: list[int], threads: int) -> None:
+    def __init__(
+        self, onnx: bytes, info: dict, input_shape: list[int], threads: int, batch_size: int
+    ):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
-        self.input_shape = input_shape
+        self.info, self.input_shape, self.batch_size = info, input_shape, batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        x = np.stack(list(batch[FEATURES])).astype(np.float32).reshape(-1, *self.input_shape)
-        proba = softmax(self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]).astype(np.float32)
-        out = {"path": batch["path"], "prediction": proba.argmax(1), "probabilities": proba}
-        if LABEL in batch:
-            out[LABEL] = batch[LABEL]
-        return out
+        rows = [
+            self._score(str(src), str(dst))
+            for src, dst in zip(batch["source"], batch["shard"], strict=True)
+        ]
+        return {"source": batch["source"], "rows": np.asarray(rows, dtype=np.int64)}
+
+    def _score(self, source: str, shard: str) -> int:
+        fs, path = storage.resolve(source)
+        with fs.open_input_file(path) as f:
+            parquet = pq.ParquetFile(f)
+            columns = [FEATURES] + ([LABEL] if LABEL in parquet.schema_arrow.names else [])
+            out: dict[str, list[np.ndarray]] = {"prediction": [], "probabilities": []}
+            for part in parquet.iter_batches(batch_size=self.batch_size, columns=columns):
+                features = part.column(FEATURES)
+                x = np.asarray(features.flatten(), dtype=np.float32).reshape(-1, *self.input_shape)
+                logits = self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+                proba = softmax(logits).astype(np.float32)
+                out["prediction"].append(proba.argmax(1))
+                out["probabilities"].append(proba)
+                if LABEL in columns:
+                    out.setdefault(LABEL, []).append(part.column(LABEL).to_numpy())
+        if not out["prediction"]:  # an empty file: an empty shard
+            out = {
+                "prediction": [np.zeros(0)],
+                "probabilities": [np.zeros((0, self.info["classes"]))],
+            }
+        return _write_shard(shard, out, self.info)
 
 
 def input_files(spec: str, storage_root: str) -> list[str]:
@@ -118,7 +144,7 @@ def _claim(output: str, info: ModelVersionInfo) -> None:
     storage.write_bytes(marker, json.dumps(mine).encode())
 
 
-def _write_shard(uri: str, columns: dict[str, list[np.ndarray]], info: ModelVersionInfo) -> int:
+def _write_shard(uri: str, columns: dict[str, list[np.ndarray]], info: dict) -> int:
     proba = np.concatenate(columns["probabilities"]).astype(np.float32)
     table = pa.table(
         {
@@ -129,7 +155,9 @@ def _write_shard(uri: str, columns: dict[str, list[np.ndarray]], info: ModelVers
             ),
             **({LABEL: np.concatenate(columns[LABEL])} if LABEL in columns else {}),
         }
-    ).replace_schema_metadata({"aimass.model": info.name, "aimass.version": str(info.version)})
+    ).replace_schema_metadata(
+        {"aimass.model": info["name"], "aimass.version": str(info["version"])}
+    )
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     storage.write_bytes(uri, buffer.getvalue())  # whole or not at all: what resuming relies on
@@ -151,49 +179,37 @@ def run(cfg: BatchPredictConfig, registry: Registry, storage_root: str) -> dict:
     pending = [src for src in files if not storage.exists(shards[src])]
     print(f"[batch_predict] {info.name} v{info.version}: {len(files)} input files, "
           f"{len(files) - len(pending)} done before, {len(pending)} to go", flush=True)  # fmt: skip
-    rows_of = {src: _rows(src) for src in pending}
-    for src in [src for src, n in rows_of.items() if n == 0]:  # no row will ever arrive
-        empty = {
-            "prediction": [np.zeros(0)],
-            "probabilities": [np.zeros((0, config.signature.num_classes))],
-        }
-        _write_shard(shards[src], empty, info)
-        pending.remove(src)
-        del rows_of[src]
-    total, done, written, start = sum(rows_of.values()), 0, 0, time.monotonic()
+    total = sum(_rows(src) for src in pending)
+    done, written, start = 0, 0, time.monotonic()
     if pending:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
-        context.use_datasource_v2 = False  # see jobs._private.trainer: one listing of files
-        context.execution_options.preserve_order = True  # a file's rows arrive together
-        columns = [FEATURES] + ([LABEL] if LABEL in _schema(pending[0]).names else [])
-        ds = ray.data.read_parquet(
-            pending, columns=columns, include_paths=True, num_cpus=READ_TASK_CPUS
+        described = {
+            "name": info.name,
+            "version": info.version,
+            "classes": config.signature.num_classes,
+        }
+        work = ray.data.from_items(
+            [{"source": src, "shard": shards[src]} for src in pending],
+            override_num_blocks=len(pending),  # a file per task: the actors share them out
         ).map_batches(
-            Scorer,
+            ShardScorer,
             fn_constructor_kwargs={
                 "onnx": (folder / package.ONNX_FILE).read_bytes(),
+                "info": described,
                 "input_shape": list(config.signature.input_shape),
                 "threads": cfg.threads,
+                "batch_size": cfg.batch_size,
             },
             concurrency=cfg.concurrency,
             num_cpus=cfg.num_cpus,
-            batch_size=cfg.batch_size,
+            batch_size=1,
             batch_format="numpy",
         )
-        by_path = {_path(src): src for src in pending}
-        partial: dict[str, dict[str, list[np.ndarray]]] = {}
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for path in np.unique(batch["path"]):
-                rows = batch["path"] == path
-                src = by_path[str(path)]
-                cols = partial.setdefault(src, {})
-                for key in ("prediction", "probabilities", *([LABEL] if LABEL in batch else [])):
-                    cols.setdefault(key, []).append(batch[key][rows])
-                if sum(len(p) for p in cols["prediction"]) == rows_of[src]:
-                    done += _write_shard(shards[src], partial.pop(src), info)
-                    written += 1
-                    _progress(written, len(pending), done, total, start)
+        for batch in work.iter_batches(batch_size=None, batch_format="numpy"):
+            for rows in batch["rows"]:
+                done, written = done + int(rows), written + 1
+                _progress(written, len(pending), done, total, start)
     elapsed = time.monotonic() - start
     listed = storage.join(cfg.output, MANIFEST)
     before = json.loads(storage.read_bytes(listed))["shards"] if storage.exists(listed) else {}
@@ -214,17 +230,6 @@ def _rows(uri: str) -> int:
     fs, path = storage.resolve(uri)
     with fs.open_input_file(path) as f:
         return pq.ParquetFile(f).metadata.num_rows
-
-
-def _schema(uri: str) -> pa.Schema:
-    fs, path = storage.resolve(uri)
-    with fs.open_input_file(path) as f:
-        return pq.ParquetFile(f).schema_arrow
-
-
-def _path(uri: str) -> str:
-    """``uri`` as Ray Data's ``include_paths`` names it: the path inside its filesystem."""
-    return storage.resolve(uri)[1]
 
 
 def _progress(shards: int, of: int, rows: int, total: int, start: float) -> None:
