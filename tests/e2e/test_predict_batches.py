@@ -1,5 +1,11 @@
-"""Offline batch inference as a user submits it: the champion over Parquet files through
-Ray Data actors, resumed by output shard after a loss, refused over another version's."""
+"""Offline batch inference as a user submits it (jobs.batch_predict): the champion over
+Parquet files through Ray Data actors, resumed by output shard after a loss, refused over
+another version's output.
+
+Named to sort after test_datacenter_nodes.py: run before it, its module left the process
+unable to ray.init() the session cluster again in test_load.py ("ray.init twice"; seen in a
+full run, not yet explained), whereas the session cluster first started by test_fuzz.py, as
+before, is fine."""
 
 from __future__ import annotations
 
