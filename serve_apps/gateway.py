@@ -14,6 +14,10 @@ This module is the transport; each protocol lives in ``serve_apps._private``: ``
 Protocol's tensors and metadata), ``upstream`` (upstream failures as
 HTTP errors), ``sse`` (server-sent events), ``middleware`` (request ids, metrics, error
 answers).
+
+The routes stay in this one module, past the project's ~400 lines: Serve's ingress makes
+them methods of the one ``Gateway`` class (its replica is their ``self``); what they do
+lives in those ``_private`` modules.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see real annotations on the
@@ -384,10 +388,7 @@ class Gateway:
         the number of pieces. Closing the connection stops the generation."""
         version = (await self._route(name)).champion
         request.state.model, request.state.version = name, version
-        if (await self._signature(name, version))["task"] != LM:
-            raise ApiError(
-                422, "wrong_route", f"{name!r} is not a language model: POST .../predict instead."
-            )
+        await self._language_model(name, version)
         raw = await read_json_body(request, self.config.max_body_bytes)
         body = read_model(raw, GenerateRequest)  # the schema; the Generator checks its limits
         handle = self.generator.options(stream=True, multiplexed_model_id=model_id(name, version))
@@ -416,26 +417,13 @@ class Gateway:
         name, _, pinned = body.model.partition(":")
         version = oip.parse_version(pinned) if pinned else (await self._route(name)).champion
         request.state.model, request.state.version = checked_name(name), version
-        info = await self._signature(name, version)
-        if info["task"] != LM:
-            raise ApiError(
-                422,
-                "wrong_route",
-                f"{name!r} is not a language model: POST /v1/models/{name}/predict instead.",
-            )
+        info = await self._language_model(name, version)
         handle = self.generator.options(stream=True, multiplexed_model_id=model_id(name, version))
         temperature, top_k, top_p = openai_api.sampling(body)
 
         async def start(prompt: str, tokens: int, seed: int | None) -> openai_api.Started:
             stream = handle.generate.remote(prompt, tokens, temperature, top_k, seed, top_p)
-            try:
-                first = await stream.__anext__()
-            except StopAsyncIteration:
-                first = None
-            except BaseException:
-                stream.cancel()
-                raise
-            return openai_api.Started(stream, first)
+            return openai_api.Started(stream, await sse.first_piece(stream))
 
         choices = await openai_api.started(body, start, self.config.upstream_timeout_s)
         rid = request.state.request_id
@@ -485,6 +473,17 @@ class Gateway:
                 422,
                 "wrong_route",
                 f"{name!r} is a language model: POST /v1/models/{name}/generate instead.",
+            )
+        return info
+
+    async def _language_model(self, name: str, version: int) -> dict:
+        """A language-model version's signature and task, or 404 / 422 for a classifier."""
+        info = await self._signature(name, version)
+        if info["task"] != LM:
+            raise ApiError(
+                422,
+                "wrong_route",
+                f"{name!r} is not a language model: POST /v1/models/{name}/predict instead.",
             )
         return info
 

@@ -27,11 +27,8 @@ async def stream_response(
     """The 200 streaming ``stream``'s pieces once its first one came within ``timeout_s``;
     else the ApiError its failure maps to (``upstream_error``)."""
     try:
-        first = await asyncio.wait_for(stream.__anext__(), timeout_s)
-    except StopAsyncIteration:
-        first = None
+        first = await asyncio.wait_for(first_piece(stream), timeout_s)
     except BaseException as err:
-        stream.cancel()
         if not isinstance(err, Exception):  # the client left (CancelledError): no answer
             raise
         raise upstream_error(err) from None
@@ -40,6 +37,18 @@ async def stream_response(
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Model-Version": str(version)},
     )
+
+
+async def first_piece(stream: DeploymentResponseGenerator) -> str | None:
+    """The stream's first piece (None: it had none); on any failure, or when the wait is
+    cancelled, the generation is cancelled too before the error goes on."""
+    try:
+        return await stream.__anext__()
+    except StopAsyncIteration:
+        return None
+    except BaseException:
+        stream.cancel()
+        raise
 
 
 async def events(

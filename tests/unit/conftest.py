@@ -33,12 +33,15 @@ def settings_env(tmp_path, monkeypatch: pytest.MonkeyPatch):
 def gateway(settings_env, monkeypatch):
     """The real Gateway replica, its upstreams replaced by ``gateway_doubles``; Serve's
     replica context names it, as Serve would inject it as the routes' ``self``."""
-    from types import SimpleNamespace
+    from gateway_doubles import (
+        Generator,
+        LimiterHandle,
+        Predictor,
+        Releases,
+        ServeStatus,
+        as_replica,
+    )
 
-    from gateway_doubles import Generator, LimiterHandle, Predictor, Releases, ServeStatus, ignore
-    from ray import serve
-
-    from serve_apps._private import middleware
     from serve_apps._private.access import QuotaGate
     from serve_apps._private.answers import Answers
     from serve_apps.gateway import Gateway
@@ -49,12 +52,8 @@ def gateway(settings_env, monkeypatch):
     g.releases = Releases()
     g.answers = Answers({None: predictor}, g.releases, g.config.upstream_timeout_s)
     g.quota = QuotaGate(0.1, 1.0, find_limiter=LimiterHandle)
-    context = SimpleNamespace(servable_object=g, app_name="models")
-    monkeypatch.setattr(serve, "get_replica_context", lambda: context)
     g.serve_status = ServeStatus({"Predictor": 1})
-    monkeypatch.setattr(serve, "status", g.serve_status)
-    # Ray metrics need a Ray worker; what the middleware reports is not under test here.
-    monkeypatch.setattr(middleware, "gateway_metrics", lambda: SimpleNamespace(observe=ignore))
+    as_replica(monkeypatch, g, g.serve_status)
     return g
 
 

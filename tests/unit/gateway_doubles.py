@@ -162,3 +162,16 @@ class ServeStatus:
             name: SimpleNamespace(replica_states={"RUNNING": n}) for name, n in self.running.items()
         }
         return SimpleNamespace(applications={"models": SimpleNamespace(deployments=deployments)})
+
+
+def as_replica(monkeypatch, gateway, status: ServeStatus) -> None:
+    """Make ``gateway`` the replica Serve injects as the routes' ``self``, with ``status`` as
+    ``serve.status()``; Ray metrics (they need a Ray worker) are not recorded."""
+    from ray import serve
+
+    from serve_apps._private import middleware
+
+    context = SimpleNamespace(servable_object=gateway, app_name="models")
+    monkeypatch.setattr(serve, "get_replica_context", lambda: context)
+    monkeypatch.setattr(serve, "status", status)
+    monkeypatch.setattr(middleware, "gateway_metrics", lambda: SimpleNamespace(observe=ignore))

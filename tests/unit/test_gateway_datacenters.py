@@ -4,8 +4,6 @@ never leave a restricted key's datacenters, and say where they were served."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 from gateway_doubles import (
@@ -15,20 +13,17 @@ from gateway_doubles import (
     Predictor,
     Releases,
     ServeStatus,
-    ignore,
+    as_replica,
     post,
 )
-from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
-from starlette.testclient import TestClient
 
-from serve_apps._private import middleware
 from serve_apps._private.access import QuotaGate
 from serve_apps._private.answers import Answers
 from serve_apps._private.datacenters import predictor_name
 from serve_apps._private.prediction import Prediction
-from serve_apps.gateway import Gateway, api
+from serve_apps.gateway import Gateway
 from serve_apps.keys import KeyStore, keys_uri
 
 PREDICT = "/v1/models/digits/predict"
@@ -70,17 +65,8 @@ def gateway(settings_env, monkeypatch, predictors, status):
     g.releases = Releases()
     g.answers = Answers(dict(predictors), g.releases, 5.0, g.datacenters.health, 1.0)
     g.quota = QuotaGate(0.1, 1.0, find_limiter=LimiterHandle)
-    context = SimpleNamespace(servable_object=g, app_name="models")
-    monkeypatch.setattr(serve, "get_replica_context", lambda: context)
-    monkeypatch.setattr(serve, "status", status)
-    monkeypatch.setattr(middleware, "gateway_metrics", lambda: SimpleNamespace(observe=ignore))
+    as_replica(monkeypatch, g, status)
     return g
-
-
-@pytest.fixture
-def client(gateway):
-    with TestClient(api, raise_server_exceptions=False) as c:
-        yield c
 
 
 @pytest.fixture
