@@ -70,14 +70,20 @@ def validate(
         parser.error(one_line(err, where))
 
 
-def add_preset_flags(parser: argparse.ArgumentParser, default: str | None) -> None:
-    """``--config`` (a training preset) and ``--set KEY=VALUE`` (repeated) overrides."""
+def add_preset_flags(
+    parser: argparse.ArgumentParser, default: str | None, default_help: str | None = None
+) -> None:
+    """``--config`` (a training preset) and ``--set KEY=VALUE`` (repeated) overrides.
+
+    ``default_help`` says what the default is where it is not one preset (None: ``default``).
+    """
     keys = ", ".join(sorted(preset("digits_cnn").settable()))
+    default_help = default_help or default
     parser.add_argument(
         "--config",
         default=default,
         choices=sorted(PRESETS),
-        help=f"training preset (default: {default})" if default else "training preset",
+        help=f"training preset (default: {default_help})" if default_help else "training preset",
     )
     parser.add_argument(
         "--set",

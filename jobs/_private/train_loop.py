@@ -11,6 +11,8 @@ Checkpoints are DeepSpeed's per-rank shards with a SHA-256 manifest per rank
 (``jobs._private.checkpoints``), plus the full weights as safetensors from rank 0 for
 publishing. A restarted worker group (a worker died: ``FailureConfig``) or a resubmitted
 run of the same name verifies the latest checkpoint and continues from the step after it.
+A fine-tune (``TrainConfig.init_from``) without a checkpoint of its own starts from its
+parent version's weights instead of fresh ones, and validates them before the first step.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from jobs._private.train_metrics import TrainMetrics
 from jobs.configs import TrainConfig
 from models.evaluation import language_model_metrics, next_token_nats
 from models.signature import LM
-from models.weights import save_weights
+from models.weights import read_tensors, save_weights
 from models.zoo import architecture
 
 WEIGHTS = "model.safetensors"
@@ -228,6 +230,29 @@ def _take_hyperparameters(engine, cfg: TrainConfig, position: dict, steps_per_ep
     return {**position, "step": step}
 
 
+def _start_from_parent(engine, loop: LoopConfig) -> None:
+    """Load the fine-tune's parent version's weights into ``engine``, as DeepSpeed's own
+    warm start (``load_checkpoint(load_module_only=True)``) does: into the module (ZeRO-3
+    gathers the partitioned parameters, rank 0's values are kept), then into the optimizer's
+    fp32 master copy, which ZeRO keeps apart and would otherwise write back on the first step.
+    """
+    from models import package
+    from models.registry import Registry
+
+    registry = Registry(loop.tracking_uri, loop.artifact_root)
+    info = registry.resolve(loop.train.init_from)
+    # The weights only, checked against the manifest hash the registry recorded; safetensors
+    # holds tensors only, so nothing in the file runs when it is read.
+    folder = registry.fetch(info, files=(package.WEIGHTS_FILE,))
+    state = read_tensors(folder / package.WEIGHTS_FILE)
+    engine.load_module_state_dict(
+        {"module": state}, strict=True, fetch_z3_params=loop.train.zero_stage == 3
+    )
+    refresh = getattr(engine.optimizer, "refresh_fp32_params", None)
+    if refresh is not None:  # ZeRO 1-3 and bf16; a plain fp32 optimizer steps the module's
+        refresh()
+
+
 def _mlflow_logger(loop: LoopConfig):
     """A function logging epoch metrics to the job's MLflow run (rank 0 only), or None."""
     if not loop.mlflow_run_id:
@@ -266,7 +291,12 @@ def train_func(config: dict) -> None:
             f"[train] resumed from the checkpoint of epoch {start_epoch}/{cfg.epochs}, "
             f"step {position['step']}"
         )
+    fine_tune = position is None and bool(cfg.init_from)  # a checkpoint of its own wins
+    if fine_tune:
+        _start_from_parent(engine, loop)
     epochs = Epochs(loop, engine, Task(loop, dtype), total_steps, start_epoch)
+    if fine_tune:
+        epochs.validate_start()
     for epoch in range(start_epoch, cfg.epochs):
         epochs.run(epoch)
 
@@ -289,6 +319,18 @@ class Epochs:
             self.train_shard = ray.train.get_dataset_shard("train")
             self.val_shard = ray.train.get_dataset_shard("val")
         self.started, self.start_step = time.monotonic(), engine.global_steps
+
+    def validate_start(self) -> None:
+        """Validate the weights a fine-tune starts from, before its first step: logged as
+        ``start_<metric>`` (the parent's level on this data, where the curve begins)."""
+        metrics = self.task.validate(self.engine, self.val_shard)
+        if self.log_metrics:
+            self.log_metrics({f"start_{key}": value for key, value in metrics.items()}, step=0)
+        if self.rank == 0:
+            progress(
+                f"[train] starting from {self.cfg.init_from}'s weights: "
+                f"{self.task.summary(metrics)} before the first step"
+            )
 
     def run(self, epoch: int) -> None:
         t0 = time.monotonic()

@@ -6,7 +6,7 @@ A preset is a function returning a config; variants derive from a base with
 pydantic like every config here.
 """
 
-from jobs.configs.train import PRESETS, ChampionGate, TrainConfig, preset
+from jobs.configs.train import PRESETS, ChampionGate, TrainConfig, preset, preset_for, presets_of
 from jobs.configs.tune import Param, TuneJobConfig
 from jobs.configs.validation import OverrideError
 
@@ -18,4 +18,6 @@ __all__ = [
     "TrainConfig",
     "TuneJobConfig",
     "preset",
+    "preset_for",
+    "presets_of",
 ]

@@ -25,12 +25,15 @@ from pydantic.dataclasses import dataclass
 from cluster.topology import Datacenter
 from jobs.configs.validation import OverrideError, one_line, split_overrides
 from models.exceptions import ModelError
+from models.refs import ModelRef
 from models.signature import LM
 from models.zoo import architecture
 
 Fraction = Annotated[float, Field(ge=0, le=1)]
 SCALARS = (bool, int, float, str)
 """The field types a ``key=value`` override (or a search dimension) can set."""
+_OWN_FLAGS = ("name", "init_from")
+"""Fields a job sets from flags of their own (``--name``, ``--from``), never ``--set``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,10 @@ class TrainConfig:
     max_failures: int = Field(2, ge=-1)
     """Worker-group restarts Ray Train allows, -1 for unlimited; each resumes from the
     latest checkpoint."""
+    promote: bool = True
+    """Make the new version ``champion`` when its test metric passes the gate below; false
+    registers it with no alias (``jobs.pipeline``: ``jobs.evaluate`` gates it, a release
+    serves it)."""
     min_accuracy: Fraction = 0.97
     """Classifiers: test accuracy at or above which the new version becomes ``champion``."""
     max_loss: PositiveFloat = 2.5
@@ -117,6 +124,10 @@ class TrainConfig:
     """Softmax temperature of the soft targets when distilling from a teacher."""
     distill_alpha: Fraction = 0.7
     """Weight of the soft-target loss when distilling (the rest is cross-entropy)."""
+    init_from: str = ""
+    """Fine-tune: the registered version (``name@version``, a number: what an alias pointed
+    at when the run was made) whose weights the workers start from; empty: fresh weights.
+    Set by ``jobs.train --from``, which resolves an alias and checks the architecture."""
 
     def __post_init__(self) -> None:
         # Runs after pydantic's field checks: the checks across fields. A ValueError here
@@ -125,6 +136,16 @@ class TrainConfig:
             architecture(self.architecture)
         except ModelError as err:
             raise ValueError(str(err)) from None
+        if self.init_from:
+            try:
+                ref = ModelRef.parse(self.init_from)
+            except ModelError as err:
+                raise ValueError(f"init_from: {err}") from None
+            if ref.version is None:
+                raise ValueError(
+                    f"init_from {self.init_from!r}: pin a version number (name@3); "
+                    "jobs.train --from resolves an alias to one"
+                )
         if self.datacenter:
             Datacenter(region=self.datacenter, zone=f"{self.datacenter}-a")  # label-safe
         if self.offload_optimizer and self.zero_stage < 1:
@@ -162,8 +183,8 @@ class TrainConfig:
 
     def settable(self) -> dict[str, type]:
         """The fields a ``key=value`` override can set, and their types: the scalars but
-        the name (a job's ``--name``)."""
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}
+        the name and the version a fine-tune starts from (a job's ``--name``, ``--from``)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _OWN_FLAGS}
         return {key: type(value) for key, value in values.items() if isinstance(value, SCALARS)}
 
     def with_overrides(self, pairs: Iterable[str]) -> TrainConfig:
@@ -332,6 +353,26 @@ PRESETS: dict[str, Callable[[], TrainConfig]] = {
         gpt_6b7,
     )
 }
+
+
+def preset_for(arch: str, options: dict) -> str:
+    """The preset a fine-tune of a version built as ``arch(**options)`` takes when no
+    ``--config`` is given: the first (in ``PRESETS`` order) with that architecture and those
+    options, else the first with that architecture (the version's options replace its own).
+
+    Raises:
+        ValueError: No preset trains ``arch`` (an ensemble's graph, say).
+    """
+    same = presets_of(arch)
+    if not same:
+        raise ValueError(f"no training preset trains architecture {arch!r}")
+    exact = [name for name in same if PRESETS[name]().model_options == options]
+    return (exact or same)[0]
+
+
+def presets_of(arch: str) -> list[str]:
+    """The presets that train ``arch``, in ``PRESETS`` order."""
+    return [name for name, make in PRESETS.items() if make().architecture == arch]
 
 
 def preset(name: str) -> TrainConfig:
