@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # Every pip call, build environments included, keeps the CPU torch (see constraints.txt).
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 
-.PHONY: demo test down status lint install
+.PHONY: demo test down status lint install prometheus
 
 # Ray's CLIs (`ray job submit`, `serve deploy`) send the cluster token only when their
 # environment has RAY_AUTH_MODE=token (Ray 2.60 takes the mode from there alone; a token
@@ -25,10 +25,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	@touch $@
 
-demo: install
+demo: install prometheus
 	$(BIN)/python -m cluster.cli.demo
 
-test: lint
+test: lint prometheus
 	$(BIN)/python -m pytest
 
 down: install
@@ -41,3 +41,18 @@ status: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+
+# The cluster's Prometheus (cluster/monitoring): Debian's package, where the machine allows
+# (root and apt; the lists refreshed only when the first try fails). Elsewhere it says so
+# and carries on: `aimass up` then runs without metrics and tells how to install them.
+prometheus:
+	@command -v prometheus >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's prometheus (apt-get)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || \
+	      { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }; \
+	  else \
+	    echo "prometheus is not installed and this machine cannot apt-get it (needs root):" \
+	      "install prometheus 2.x on the PATH for metrics and alerts"; \
+	  fi; }

@@ -43,6 +43,7 @@ def cluster(existing: bool, datacenters: tuple[str, ...] = ()) -> Iterator[Setti
             gcs_port=local.free_port(),
             dashboard_port=local.free_port(),
             serve_port=local.free_port(),
+            prometheus="off",  # measured as the baselines run: nothing else scraping
         )
         local.connect_clients(settings)
         log(f"starting a private Ray cluster at {settings.gcs_address}")

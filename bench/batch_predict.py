@@ -123,6 +123,7 @@ def ours(settings, inputs: Path, output: Path, args) -> dict:
         f"--concurrency {args.concurrency} --batch-size {args.batch_size} --threads 1"
     )
     start = time.monotonic()
+
     def echo(line: str) -> None:
         lines.append(line)
         log(line)

@@ -29,6 +29,7 @@ import httpx
 import psutil
 
 from cluster.exceptions import ClusterError
+from cluster.monitoring import prometheus
 from cluster.settings import Settings
 
 _READY_TIMEOUT_S = 90.0
@@ -64,6 +65,7 @@ class ClusterInfo:
     gcs_address: str
     token_path: Path
     started: bool  # False when `up` found it already running
+    prometheus_url: str | None = None  # None when Prometheus is off or not installed
 
 
 def ensure_token(path: Path) -> str:
@@ -151,26 +153,20 @@ def head_command(settings: Settings) -> list[str]:
 
 
 def up(settings: Settings) -> ClusterInfo:
-    """Start the local head if it is not running; wait until its dashboard answers."""
+    """Start the local head if it is not running (and its Prometheus, when installed); wait
+    until its dashboard answers."""
+    watched = prometheus.url(settings) if prometheus.enabled(settings) else None
     info = ClusterInfo(
-        settings.dashboard_url, settings.gcs_address, settings.token_path, started=False
+        settings.dashboard_url, settings.gcs_address, settings.token_path, False, watched
     )
     ensure_token(settings.token_path)
+    env = cluster_env(settings)
+    if watched:
+        # First, so that the head's dashboard finds it (RAY_PROMETHEUS_HOST); it waits for
+        # Ray's service-discovery file. A head already running without one gets it now.
+        prometheus.start(settings, env)
     if is_running(settings):
         return info
-    settings.home.mkdir(parents=True, exist_ok=True)
-    # Job entrypoints run `python …` from the head's PATH: put this interpreter's bin first,
-    # as an activated virtualenv would, so jobs run with the packages aimass installed.
-    bin_dir = str(Path(sys.executable).parent)
-    env = {
-        **SERVE_ENV,  # defaults: a RAY_SERVE_* variable set by the user wins
-        **os.environ,
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-        **settings.as_env(),
-        **settings.datacenter.node_env(),
-        **settings.ray_client_env(),
-        CLUSTER_MARK_ENV: str(settings.ray_temp_dir),
-    }
     # A session of its own: every process Ray starts keeps its session id, even the agents
     # whose renaming (setproctitle) wipes the mark from the environment block /proc shows,
     # and the workers, which Ray gives process groups of their own.
@@ -200,8 +196,27 @@ def up(settings: Settings) -> ClusterInfo:
             )
         time.sleep(0.5)
     return ClusterInfo(
-        settings.dashboard_url, settings.gcs_address, settings.token_path, started=True
+        settings.dashboard_url, settings.gcs_address, settings.token_path, True, watched
     )
+
+
+def cluster_env(settings: Settings) -> dict[str, str]:
+    """The environment of the cluster's processes: the head (so every job and replica) and
+    its Prometheus."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    # Job entrypoints run `python …` from the head's PATH: put this interpreter's bin first,
+    # as an activated virtualenv would, so jobs run with the packages aimass installed.
+    bin_dir = str(Path(sys.executable).parent)
+    return {
+        **SERVE_ENV,  # defaults: a RAY_SERVE_* variable set by the user wins
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        **settings.as_env(),
+        **settings.datacenter.node_env(),
+        **settings.ray_client_env(),
+        **prometheus.head_env(settings),
+        CLUSTER_MARK_ENV: str(settings.ray_temp_dir),
+    }
 
 
 def _session_file(settings: Settings) -> Path:

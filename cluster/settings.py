@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -63,6 +64,37 @@ class Settings(BaseSettings):
         ge=1,
         description="Requests each Serve HTTP proxy admits at a time; past it, 503 with "
         "Retry-After at once (~ the gateways' concurrency plus Serve's queue: 2 x 16 + 32).",
+    )
+    prometheus: Literal["auto", "off"] = Field(
+        default="auto",
+        description="auto: `aimass up` starts Prometheus (scraping the cluster, loading the "
+        "alert rules) when it is installed; off: never.",
+    )
+    prometheus_port: int = Field(
+        default=9190,
+        ge=1024,
+        le=65535,
+        description="Port of the cluster's Prometheus (not 9090, where Debian's own service "
+        "of the package listens when systemd starts it).",
+    )
+    prometheus_scrape_s: int = Field(
+        default=10, ge=1, le=300, description="Scrape and rule evaluation interval, seconds."
+    )
+    prometheus_retention: str = Field(default="15d", description="How long metrics are kept.")
+    alert_window_s: int = Field(
+        default=300, ge=1, description="The rate window of the alert rules, seconds."
+    )
+    alert_for_s: int = Field(
+        default=120, ge=0, description="How long an alert's condition holds before it fires."
+    )
+    alert_p99_ms: float = Field(
+        default=500.0, gt=0, description="The p99 latency budget of a model's answers, ms."
+    )
+    drift_alert_psi: float = Field(
+        default=0.2,
+        gt=0,
+        description="Population stability index of a model's inputs past which drift alerts "
+        "(0.1-0.2 is the usual 'moderate shift', above 0.2 'significant').",
     )
     region: str = Field(default="local", description="Datacenter (Ray region) of the local head.")
     zone: str = Field(default="local-a", description="Availability zone of the local head.")

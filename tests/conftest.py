@@ -35,6 +35,12 @@ def private_cluster_env(home: Path) -> dict[str, str]:
         "AIMASS_GCS_PORT": str(free_port()),
         "AIMASS_DASHBOARD_PORT": str(free_port()),
         "AIMASS_SERVE_PORT": str(free_port()),
+        "AIMASS_PROMETHEUS_PORT": str(free_port()),
+        # Alert rules fast enough to fire and resolve within a test (the expressions are
+        # the shipped ones): 5 s scrapes, 30 s windows, firing as soon as a condition holds.
+        "AIMASS_PROMETHEUS_SCRAPE_S": "5",
+        "AIMASS_ALERT_WINDOW_S": "30",
+        "AIMASS_ALERT_FOR_S": "0",
     }
 
 

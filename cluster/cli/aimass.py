@@ -4,7 +4,8 @@ aimass up [--datacenters A,B]   start the local Ray head (token auth, 127.0.0.1,
                  labels), and one node per datacenter
 aimass datacenter stop|start NAME   lose a datacenter's node, or bring it back
 aimass status    nodes with labels and resources, jobs, Serve applications
-aimass down      stop what `up` started
+aimass down      stop what `up` started (its Prometheus included)
+aimass alerts    the alerts pending or firing in the cluster's Prometheus
 aimass deploy [CONFIG]   check a Serve config against the datacenters, serve deploy, wait
 aimass keys create NAME [--scope predict|admin]... [--rate R [--burst B]]
                  [--datacenter DC]... [--home DC] [--tenant T] | list | revoke ID
@@ -33,6 +34,7 @@ from cluster import local
 from cluster.cli import datacenter, edge, keys, models, release, rollout
 from cluster.cli.console import make_console
 from cluster.exceptions import ClusterError
+from cluster.monitoring import prometheus
 from cluster.settings import Settings, get_settings
 from models.exceptions import ModelError
 
@@ -46,6 +48,12 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> None:
     verb = "Started" if info.started else "Already running:"
     console.print(f"{verb} Ray head at [bold]{info.gcs_address}[/] (token auth on)")
     console.print(f"  dashboard  {info.dashboard_url}  (token in {info.token_path})")
+    if info.prometheus_url:
+        console.print(
+            f"  metrics    {info.prometheus_url}  (Prometheus: alerts with `aimass alerts`)"
+        )
+    elif settings.prometheus == "auto":
+        console.print(f"  metrics    off. {prometheus.INSTALL_HINT}", highlight=False)
     console.print(
         f"  submit     ray job submit --address {info.dashboard_url} --working-dir . -- "
         "python -m jobs.train --config digits_cnn"
@@ -68,6 +76,30 @@ def cmd_down(settings: Settings, _: argparse.Namespace) -> None:
         if count
         else f"No cluster running at {settings.gcs_address}."
     )
+
+
+def cmd_alerts(settings: Settings, _: argparse.Namespace) -> None:
+    if not prometheus.is_ready(settings):
+        console.print(
+            f"No Prometheus answers at {prometheus.url(settings)}. "
+            + ("Start it with the cluster: aimass up" if prometheus.binary() else "")
+            + ("" if prometheus.binary() else prometheus.INSTALL_HINT),
+            highlight=False,
+        )
+        sys.exit(1)
+    found = prometheus.firing(settings)
+    table = Table("alert", "state", "severity", "labels", "since", "summary", title="Alerts")
+    for alert in sorted(found, key=lambda a: (a["state"], a["labels"]["alertname"])):
+        labels = {k: v for k, v in alert["labels"].items() if k not in ("alertname", "severity")}
+        table.add_row(
+            alert["labels"]["alertname"],
+            alert["state"],
+            alert["labels"].get("severity", ""),
+            ", ".join(f"{k}={v}" for k, v in sorted(labels.items())),
+            alert.get("activeAt", "")[:19],
+            alert.get("annotations", {}).get("summary", ""),
+        )
+    console.print(table if found else f"No alert pending or firing ({prometheus.url(settings)}).")
 
 
 def cmd_status(settings: Settings, _: argparse.Namespace) -> None:
@@ -177,6 +209,9 @@ def parser() -> argparse.ArgumentParser:
     up.set_defaults(run=cmd_up)
     sub.add_parser("down", help="stop the local Ray head").set_defaults(run=cmd_down)
     sub.add_parser("status", help="nodes, jobs, Serve apps").set_defaults(run=cmd_status)
+    sub.add_parser(
+        "alerts", help="the alerts the cluster's Prometheus holds (pending, firing)"
+    ).set_defaults(run=cmd_alerts)
     deploy = sub.add_parser(
         "deploy", help="check a Serve config against the datacenters, then serve deploy it"
     )

@@ -59,6 +59,7 @@ def cluster_settings(root: Path, region: str, tracking_uri: str = "") -> Setting
         gcs_port=local.free_port(),
         dashboard_port=local.free_port(),
         serve_port=local.free_port(),
+        prometheus="off",  # two clusters on two cores: their metrics are not under test here
         num_cpus=4,
         region=region,
         zone=f"{region}-a",

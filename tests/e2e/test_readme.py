@@ -49,6 +49,7 @@ class UserShell:
             "AIMASS_GCS_PORT": str(self.settings.gcs_port),
             "AIMASS_DASHBOARD_PORT": str(self.settings.dashboard_port),
             "AIMASS_SERVE_PORT": str(self.settings.serve_port),
+            "AIMASS_PROMETHEUS_PORT": str(self.settings.prometheus_port),
         }
 
     def block(self, line: str) -> str:
@@ -86,6 +87,7 @@ def shell(tmp_path_factory: pytest.TempPathFactory, repo_root: Path, user_shell)
         gcs_port=local.free_port(),
         dashboard_port=local.free_port(),
         serve_port=local.free_port(),
+        prometheus_port=local.free_port(),
     )
     config = (repo_root / README_SERVE_CONFIG).read_text()
     config, n = re.subn(r"(?m)^(\s+port:\s*)8000\b", rf"\g<1>{settings.serve_port}", config)

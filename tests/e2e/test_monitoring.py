@@ -1,0 +1,104 @@
+"""The cluster's Prometheus, seen as an operator sees it (issue: metrics on the dashboard,
+alerts): the dashboard reads it, it scrapes every node and our metrics, and a shipped alert
+fires for real and resolves.
+
+The session cluster's rules are the shipped expressions with test windows (tests/conftest.py:
+30 s rate windows, no hold, 5 s scrapes); Ray's metrics agents export every 10 s, so an
+alert needs ~20-40 s of errors to fire and the window's length to resolve.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from ray._common.test_utils import wait_for_condition
+
+from cluster.local import auth_headers
+from cluster.monitoring import prometheus
+from models import package
+
+pytestmark = pytest.mark.skipif(
+    prometheus.binary() is None, reason="Prometheus is not installed (`make prometheus`)"
+)
+
+ROW = [0.0] * 64
+PROBE = "alert-probe"
+
+
+def _query(settings, promql: str) -> list[dict]:
+    reply = httpx.get(f"{prometheus.url(settings)}/api/v1/query", params={"query": promql})
+    reply.raise_for_status()
+    return reply.json()["data"]["result"]
+
+
+def _alert(settings, name: str, model: str) -> str | None:
+    """The state of alert ``name`` for ``model`` (pending, firing), None when it holds none."""
+    for alert in prometheus.firing(settings):
+        if alert["labels"]["alertname"] == name and alert["labels"].get("model") == model:
+            return alert["state"]
+    return None
+
+
+def _key(served) -> dict[str, str]:
+    return {"X-API-Key": served.key}
+
+
+def test_the_dashboard_reads_the_prometheus_that_scrapes_every_node(served):
+    settings = served.settings
+    health = httpx.get(
+        f"{settings.dashboard_url}/api/prometheus_health", headers=auth_headers(settings)
+    ).json()
+    assert health["result"] is True, health
+    targets = httpx.get(f"{prometheus.url(settings)}/api/v1/targets").json()["data"]
+    assert targets["activeTargets"], "Prometheus found no target in Ray's discovery file"
+    assert {t["health"] for t in targets["activeTargets"]} == {"up"}, targets["activeTargets"]
+    # The model API's answers, by model and status, as the alert rules read them.
+    answer = httpx.post(served.predict_url, json={"instances": [ROW]}, headers=_key(served))
+    assert answer.status_code == 200, answer.text
+    wait_for_condition(
+        lambda: _query(settings, 'ray_aimass_requests_total{model="digits",status="200"}'),
+        timeout=60,
+        retry_interval_ms=1000,
+    )
+
+
+def test_a_failing_version_fires_the_error_rate_alert_and_it_resolves(served, package_factory):
+    """The fault: a version whose ONNX file no replica can load (its manifest matches, so
+    the registry hands it out); every request to it is a 503 of the model API."""
+    settings, registry = served.settings, served.registry
+    folder = package_factory("alert-probe")
+    (folder / package.ONNX_FILE).write_bytes(b"not an ONNX model")
+    package.write_manifest(folder)
+    run = registry.client.create_run(registry.experiment(PROBE))
+    version = registry.register(PROBE, run.info.run_id, folder).version
+    url = f"{settings.serve_url}/v1/models/{PROBE}/versions/{version}/predict"
+    headers = _key(served)
+    statuses: set[int] = set()
+    started = time.monotonic()
+    with httpx.Client(timeout=30) as http:
+        while _alert(settings, "AimassModelErrorRate", PROBE) != "firing":
+            assert time.monotonic() - started < 150, f"not fired; answers {statuses}"
+            for _ in range(5):
+                statuses.add(http.post(url, json={"instances": [ROW]}, headers=headers).status_code)
+            time.sleep(0.5)
+    fired_s = time.monotonic() - started
+    assert statuses == {503}, statuses
+    shown = subprocess.run(
+        [str(Path(sys.executable).with_name("aimass")), "alerts"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "AimassModelErrorRate" in shown and "firing" in shown, shown
+    # No more errors: once the window holds none, the alert is gone.
+    wait_for_condition(
+        lambda: _alert(settings, "AimassModelErrorRate", PROBE) is None,
+        timeout=settings.alert_window_s + 90,
+        retry_interval_ms=1000,
+    )
+    print(f"fired after {fired_s:.0f} s of errors, resolved {time.monotonic() - started:.0f} s in")
