@@ -74,7 +74,8 @@ def test_a_fine_tune_names_its_parent_and_starts_from_its_weights(served, submit
     assert start >= parent_accuracy - 0.05, (start, parent_accuracy)
     assert first_epoch >= parent_accuracy - 0.05, (first_epoch, parent_accuracy)
 
-    # The same run from fresh weights, as the control: one epoch leaves it far below.
+    # The same run from fresh weights, as the control: one epoch leaves it far below (measured:
+    # 0.99 at the start and after one epoch fine-tuned, 0.29 after one epoch fresh).
     fresh = train(served, submit, "--name", f"{RUN}-fresh", "--set", "epochs=1")
     assert fresh.info.parent is None and not fresh.metric("start_val_accuracy")
     fresh_epoch = fresh.metric("val_accuracy")[0]
