@@ -8,7 +8,18 @@ Every trial is one Ray Train run of the preset (``--config``, with the fixed ``-
 overrides) and the trial's sampled values: a driver function that fits a TorchTrainer and
 forwards each epoch's metrics to Tune (``TuneReportCallback``), the Ray 2.60 pattern.
 ASHA stops weak trials early and Optuna's TPE proposes the next values by default
-(``--scheduler fifo`` runs every trial to the end, ``--search random`` samples at random).
+(``--scheduler fifo`` runs every trial to the end). ``--search`` picks how values are chosen:
+
+- ``optuna`` (default): TPE, a Bayesian model of the finished trials;
+- ``random``: sampled at random;
+- ``grid``: every combination of the space's choices (a randint's every integer), each
+  ``--samples`` times (default 1: ``--samples 2`` runs the grid twice); a float range has no
+  grid, so its points are written as a choice:
+  ``--search grid --space lr=choice:1e-3,1e-2 --space batch_size=choice:32,64`` (4 trials);
+- ``evolution``: Optuna's NSGA-II genetic algorithm, seeded by ``--seed``: a first
+  generation of ``--population-size`` trials at random (default about the square root of
+  ``--samples``), then generations bred by crossover and mutation from the best so far.
+
 ``--scheduler pbt`` is population based training: trials sampled at random run to the end
 and every ``--perturbation-interval`` epochs the weakest restarts from a stronger trial's
 checkpoint with that trial's values mutated (``jobs._private.tune.trial`` says how).
@@ -45,7 +56,7 @@ from models.refs import CANDIDATE
 from models.registry import Registry
 
 FLAGS = ("samples", "scheduler", "search", "grace_period", "reduction_factor",
-         "perturbation_interval", "max_concurrent", "seed")  # fmt: skip
+         "perturbation_interval", "population_size", "max_concurrent", "seed")  # fmt: skip
 """TuneJobConfig's fields given as ``--flag value`` (``--grace-period 2``)."""
 
 
@@ -81,9 +92,13 @@ def announce(job: TuneJobConfig, parent_run_id: str) -> int:
     """Print what the experiment will run; the trials it runs at once."""
     base = job.base()
     concurrency = max_concurrent(job, base)
+    search = {
+        "grid": f"grid x {job.samples}",
+        "evolution": f"evolution (generations of {job.population})",
+    }
     print(
-        f"[tune] {job.name} (mlflow {parent_run_id}): {job.samples} trials of {job.config}, "
-        f"{job.scheduler} + {job.search}, {concurrency} at a time, "
+        f"[tune] {job.name} (mlflow {parent_run_id}): {job.trials} trials of {job.config}, "
+        f"{job.scheduler} + {search.get(job.search, job.search)}, {concurrency} at a time, "
         f"{base.num_workers} Ray Train workers each",
         flush=True,
     )

@@ -3,10 +3,15 @@
 ``python -m jobs.tune`` builds one from its flags; every trial is the preset with the fixed
 ``--set`` overrides, then the trial's sampled values, under a name of its own. Under PBT the
 same space also says how a trial's values mutate (``TuneJobConfig.mutations``).
+
+A dimension's domain says which values are legal; the search says how they are visited:
+random samples them, TPE and evolution learn where the good ones are, and grid tries every
+combination of the finite ones (a choice's values, a randint's integers).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -15,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from jobs.configs.train import TrainConfig, preset
 
 Scalar = int | float | bool | str
+MAX_TRIALS = 10_000
 
 
 class Param(BaseModel):
@@ -62,6 +68,15 @@ class Param(BaseModel):
         if self.kind == "randint":
             return tune.randint(int(self.low), int(self.high))
         return getattr(tune, self.kind)(self.low, self.high)
+
+    def points(self) -> tuple[Scalar, ...] | None:
+        """Every value of a finite dimension (a choice's values, a randint's integers), the
+        points a grid search tries; None for a float range, which has no finite set."""
+        if self.kind == "choice":
+            return self.values
+        if self.kind == "randint":
+            return tuple(range(int(self.low), int(self.high)))
+        return None
 
 
 def _fields_of(text: str) -> dict:
@@ -113,7 +128,13 @@ class TuneJobConfig(BaseModel):
         default_factory=default_space,
         description="TrainConfig field -> its search domain.",
     )
-    samples: int = Field(8, ge=1, le=10_000, description="Trials to run.")
+    samples: int = Field(
+        8,
+        ge=1,
+        le=MAX_TRIALS,
+        description="Trials to run; with search grid, runs of the whole grid (Tune's "
+        "num_samples: 2 runs every grid point twice), 1 by default.",
+    )
     scheduler: Literal["asha", "fifo", "pbt"] = Field(
         "asha",
         description="asha stops weak trials early (asynchronous successive halving); fifo "
@@ -121,11 +142,14 @@ class TuneJobConfig(BaseModel):
         "the end and, every perturbation_interval epochs, restarts the weakest from a "
         "stronger trial's checkpoint with that trial's values mutated.",
     )
-    search: Literal["optuna", "random"] = Field(
+    search: Literal["optuna", "random", "grid", "evolution"] = Field(
         "optuna",
-        description="optuna (TPE, learns from finished trials) or random sampling. pbt "
-        "samples its first values at random and mutates them itself: random is its default, "
-        "optuna is refused.",
+        description="optuna (TPE, learns from finished trials), random sampling, grid (every "
+        "combination of the space's choices and randint integers; a float range needs its "
+        "points written as a choice) or evolution (Optuna's NSGA-II genetic algorithm: generations of "
+        "population_size trials, each bred from the best of the ones before). pbt samples "
+        "its first values at random and mutates them itself: random is its default, the "
+        "others are refused.",
     )
     grace_period: int = Field(1, ge=1, description="ASHA: epochs before a trial can be stopped.")
     reduction_factor: float = Field(
@@ -140,14 +164,25 @@ class TuneJobConfig(BaseModel):
     max_concurrent: int = Field(
         0, ge=0, description="Trials at once; 0 derives it from the cluster's free resources."
     )
+    population_size: int = Field(
+        0,
+        ge=0,
+        description="evolution: trials per generation; 0 takes about the square root of "
+        "samples (at least 2), as many generations as trials in each.",
+    )
     seed: int = Field(0, description="Seed of the search (same seed, same sampled values).")
 
     @model_validator(mode="before")
     @classmethod
-    def _pbt_samples_at_random(cls, data: Any) -> Any:
+    def _defaults_of_the_strategy(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
         # PBT's mutations replace a searcher's model, so pbt defaults to random sampling.
-        if isinstance(data, dict) and data.get("scheduler") == "pbt":
-            return {"search": "random", **data}
+        if data.get("scheduler") == "pbt":
+            data = {"search": "random", **data}
+        # A grid's size is the number of trials: samples counts runs of the whole grid.
+        if data.get("search") == "grid":
+            data = {"samples": 1, **data}
         return data
 
     @model_validator(mode="after")
@@ -172,13 +207,37 @@ class TuneJobConfig(BaseModel):
             )
         if self.scheduler == "pbt":
             self._check_pbt(base)
+        if self.search == "grid":
+            self._check_grid()
         return self
 
-    def _check_pbt(self, base: TrainConfig) -> None:
-        if self.search == "optuna":
+    def _check_grid(self) -> None:
+        for key, param in self.space.items():
+            if param.points() is None:
+                raise ValueError(
+                    f"search grid needs every dimension's points, and {key} is a "
+                    f"{param.kind} range: write its points as a choice, e.g. --space "
+                    f"{key}=choice:{param.low:g},{param.high:g} (given, --space replaces the "
+                    "whole default space)."
+                )
+        if self.trials > MAX_TRIALS:
             raise ValueError(
-                "search optuna cannot drive pbt: PBT changes running trials' values itself, "
-                "which Optuna's model would not know; use --search random (pbt's default)."
+                f"search grid of {self.trials // self.samples} points x samples "
+                f"{self.samples} makes {self.trials} trials, over {MAX_TRIALS}; give fewer "
+                "--space choices or a lower --samples."
+            )
+
+    def _check_pbt(self, base: TrainConfig) -> None:
+        if self.search in ("optuna", "evolution"):
+            raise ValueError(
+                f"search {self.search} cannot drive pbt: PBT changes running trials' values "
+                "itself, which Optuna's model would not know; use --search random (pbt's "
+                "default)."
+            )
+        if self.search == "grid":
+            raise ValueError(
+                "search grid cannot drive pbt: PBT moves trials off their grid points; use "
+                "--search random (pbt's default)."
             )
         if self.samples < 2:
             raise ValueError(
@@ -202,7 +261,25 @@ class TuneJobConfig(BaseModel):
         values = {key: value for key, value in params.items() if key in self.space}
         return replace(self.base(), **values, name=f"{self.name}-{trial_id}")
 
+    @property
+    def trials(self) -> int:
+        """Trials the experiment runs: samples, or under grid, samples x the grid's points."""
+        if self.search != "grid":
+            return self.samples
+        return self.samples * math.prod(len(param.points()) for param in self.space.values())
+
+    @property
+    def population(self) -> int:
+        """evolution's trials per generation: population_size, or about sqrt(samples)."""
+        return self.population_size or max(2, round(math.sqrt(self.samples)))
+
     def param_space(self) -> dict:
+        """The space as Ray Tune's domains; under grid, each dimension's points as a
+        ``tune.grid_search`` (Tune runs their every combination, samples times)."""
+        from ray import tune
+
+        if self.search == "grid":
+            return {key: tune.grid_search(list(p.points())) for key, p in self.space.items()}
         return {key: param.domain() for key, param in self.space.items()}
 
     def mutations(self) -> dict:

@@ -4,7 +4,8 @@ F7: the tuning driver is killed mid-run and the experiment restored with ``--res
 One experiment serves both tests, to keep the suite short: it is killed once a trial has
 finished, resumed, and must then end like any other run (best trial registered as the
 candidate, curves and summary saved) with every trial having ended exactly once. A second,
-smaller experiment runs Population Based Training (``--scheduler pbt``).
+smaller experiment runs Population Based Training (``--scheduler pbt``), and a third a
+two-point grid (``--search grid``).
 """
 
 from __future__ import annotations
@@ -174,3 +175,25 @@ def test_pbt_restarts_a_weak_trial_from_a_strong_ones_checkpoint(submit, registr
     candidate = registry.resolve(f"digits@{CANDIDATE}")
     assert f"alias candidate -> digits version {candidate.version}" in out, out[-3000:]
     assert candidate.tags[TUNE_EXPERIMENT_TAG] == PBT_NAME
+
+
+GRID_NAME = "tune-grid-e2e"
+# Two grid points, one epoch each, run side by side: ~2 min with the trials' start-up.
+GRID_ARGS = ("--config", "digits_cnn_smoke", "--search", "grid", "--scheduler", "fifo",
+             "--space", "lr=choice:1e-3,1e-2", "--max-concurrent", "2",
+             "--set", "num_workers=1", "--set", "epochs=1", "--name", GRID_NAME)  # fmt: skip
+
+
+@pytest.mark.timeout(600)
+def test_grid_search_trials_every_declared_point(submit, registry, local_cluster):
+    out = submit("python", "-m", "jobs.tune", *GRID_ARGS).stdout
+    assert "2 trials of digits_cnn_smoke, fifo + grid x 1" in out, out[-3000:]
+    started = re.findall(r"\[tune\] trial \S+ started: lr=([^,\s]+)", out)
+    assert sorted(started) == ["0.001", "0.01"], out[-5000:]
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(str(Path(local_cluster.storage_root) / "ray_tune" / GRID_NAME))
+    assert sorted(t.config["lr"] for t in analysis.trials) == [1e-3, 1e-2]
+    assert {t.status for t in analysis.trials} == {"TERMINATED"}
+    candidate = registry.resolve(f"digits@{CANDIDATE}")
+    assert candidate.tags[TUNE_EXPERIMENT_TAG] == GRID_NAME

@@ -96,3 +96,51 @@ def test_the_command_line_selects_pbt_and_names_what_cannot_run(capsys):
     with pytest.raises(SystemExit):
         parse(["--scheduler", "pbt", "--search", "optuna", "--name", "s"])
     assert "use --search random (pbt's default)" in capsys.readouterr().err
+
+
+GRID = {"lr": Param.parse("choice:1e-3,1e-2"), "grad_accum": Param.parse("randint:1:4")}
+
+
+def test_grid_tries_every_combination_of_the_finite_dimensions_once_by_default():
+    job = TuneJobConfig(name="search", search="grid", space=GRID)
+    assert job.samples == 1 and job.trials == 6  # 2 choices x 3 integers, the grid once
+    assert job.param_space() == {
+        "lr": {"grid_search": [1e-3, 1e-2]},
+        "grad_accum": {"grid_search": [1, 2, 3]},  # randint's high is exclusive
+    }
+    assert TuneJobConfig(name="s", search="grid", space=GRID, samples=3).trials == 18
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, r"lr is a loguniform range: .* --space lr=choice:0.0001,0.02"),
+        ({"space": {**GRID, "grad_clip": Param.parse("uniform:0.5:2")}}, "grad_clip=choice:0.5,2"),
+        ({"space": GRID, "samples": 2000}, "makes 12000 trials, over 10000"),
+        ({"space": GRID, "scheduler": "pbt"}, "search grid cannot drive pbt"),
+    ],
+)
+def test_a_grid_that_cannot_be_built_names_the_flag_that_fixes_it(kwargs, message):
+    with pytest.raises((ValueError, ValidationError), match=message):
+        TuneJobConfig(name="search", search="grid", **kwargs)
+
+
+def test_evolution_breeds_generations_of_about_the_square_root_of_samples():
+    assert TuneJobConfig(name="s", search="evolution", samples=16).population == 4
+    assert TuneJobConfig(name="s", search="evolution", samples=2).population == 2
+    assert TuneJobConfig(name="s", search="evolution", population_size=5).population == 5
+    with pytest.raises(ValidationError, match="search evolution cannot drive pbt"):
+        TuneJobConfig(name="s", search="evolution", scheduler="pbt", samples=4)
+
+
+def test_the_command_line_builds_a_grid_and_names_the_flag_when_it_cannot(capsys):
+    from jobs.tune import parse
+
+    argv = ["--search", "grid", "--space", "lr=choice:1e-3,1e-2", "--samples", "2", "--name", "s"]
+    job, _ = parse(argv)
+    assert (job.search, job.samples, job.trials) == ("grid", 2, 4)
+    with pytest.raises(SystemExit):
+        parse(["--search", "grid", "--name", "s"])  # the default space's float ranges
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith("--space lr=choice:0.0001,0.02 (given, --space replaces the whole "
+                        "default space).")  # fmt: skip

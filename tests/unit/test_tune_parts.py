@@ -1,5 +1,6 @@
 """The tuning job's parts with logic of their own: the report's rows and table, PBT's
-checkpoints and log lines, a trial's final result, and the MLflow runs of an experiment."""
+checkpoints and log lines, a trial's final result, the MLflow runs of an experiment, and
+the search algorithm each ``--search`` builds."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ import re
 
 import pandas as pd
 import pytest
+from optuna.samplers import NSGAIISampler
 from pydantic import ValidationError
 from ray.train import Checkpoint
 from ray.tune import Result
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+from ray.tune.search import BasicVariantGenerator
+from ray.tune.search.optuna import OptunaSearch
 
 from jobs._private import runs
+from jobs._private.tune import tuner
 from jobs._private.tune.context import EPOCHS
 from jobs._private.tune.pbt import describe_start, for_tune
 from jobs._private.tune.report import markdown_table, trial_rows
@@ -115,3 +120,62 @@ def test_one_run_helper_serves_jobs_experiments_and_their_nested_trials(registry
     with pytest.raises(KeyboardInterrupt), runs.closing(registry, parent):
         raise KeyboardInterrupt  # a driver stopped: its run is not left RUNNING
     assert registry.client.get_run(parent).info.status == "FAILED"
+
+
+def drawn(job: TuneJobConfig, concurrency: int = 100) -> list[dict]:
+    """The configs Tune's variant generator makes of ``job`` (random or grid), in order."""
+    generator = tuner.search(job, concurrency)
+    assert isinstance(generator, BasicVariantGenerator)
+    spec = {"run": lambda config: None, "config": job.param_space(), "num_samples": job.samples}
+    generator.add_configurations({job.name: spec})
+    trials = iter(generator.next_trial, None)
+    return [{key: trial.config[key] for key in job.space} for trial in trials]
+
+
+def test_grid_search_trials_exactly_the_declared_points_samples_times():
+    space = {"lr": Param.parse("choice:1e-3,1e-2"), "batch_size": Param.parse("choice:16,64")}
+    job = TuneJobConfig(name="search", search="grid", space=space, samples=2)
+    configs = drawn(job)
+    points = [{"lr": lr, "batch_size": bs} for lr in (1e-3, 1e-2) for bs in (16, 64)]
+    assert len(configs) == job.trials == 8
+    assert sorted(configs, key=str) == sorted(points * 2, key=str)
+    assert tuner.max_concurrent(job.model_copy(update={"max_concurrent": 3}), job.base()) == 3
+
+
+def test_random_search_samples_the_space_and_its_seed_repeats_it():
+    job = TuneJobConfig(name="search", search="random", samples=4)
+    configs = drawn(job)
+    assert len(configs) == 4 and len({c["lr"] for c in configs}) == 4
+    assert all(1e-4 <= c["lr"] <= 2e-2 and c["batch_size"] in (16, 32, 64) for c in configs)
+    assert drawn(job) == configs
+
+
+def suggested(job: TuneJobConfig, trials: int, score=lambda config: config["lr"]):
+    """``job``'s Optuna searcher and what it proposes, each trial scored as it ends."""
+    searcher = tuner.search(job, concurrency=1)
+    searcher.set_search_properties("val_accuracy", "max", job.param_space())
+    configs = []
+    for i in range(trials):
+        configs.append(searcher.suggest(f"t{i}"))
+        searcher.on_trial_complete(f"t{i}", {"val_accuracy": score(configs[-1])})
+    return searcher, configs
+
+
+def test_evolution_is_optunas_nsga2_seeded_by_the_jobs_seed():
+    job = TuneJobConfig(name="search", search="evolution", samples=9, seed=3)
+    searcher, first = suggested(job, 6)
+    sampler = searcher._sampler  # what OptunaSearch hands to its study
+    assert isinstance(searcher, OptunaSearch) and isinstance(sampler, NSGAIISampler)
+    assert sampler.population_size == job.population == 3
+    assert suggested(job, 6)[1] == first  # the same seed breeds the same trials
+    assert suggested(job.model_copy(update={"seed": 4}), 6)[1] != first
+    assert {c["batch_size"] for c in first} <= {16, 32, 64}  # categorical bred as well
+    # Generation 0 is the first population's 3 trials; the 4th is bred from them.
+    generations = [t.system_attrs["NSGAIISampler:generation"] for t in searcher._ot_study.trials]
+    assert generations == [0, 0, 0, 1, 1, 1]
+
+
+def test_tpe_stays_optunas_default_sampler_with_the_seed():
+    searcher = tuner.search(TuneJobConfig(name="search", seed=5), concurrency=1)
+    assert isinstance(searcher, OptunaSearch)
+    assert searcher._sampler is None and searcher._seed == 5  # TPESampler(seed=5) at setup

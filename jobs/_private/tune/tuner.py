@@ -32,7 +32,7 @@ def max_concurrent(job: TuneJobConfig, cfg: TrainConfig) -> int:
         for key, amount in need.items()
         if amount > 0
     ]
-    return max(1, min([*fits, job.samples]))
+    return max(1, min([*fits, job.trials]))
 
 
 def scheduler(job: TuneJobConfig, concurrency: int) -> tune.schedulers.TrialScheduler:
@@ -57,11 +57,21 @@ def scheduler(job: TuneJobConfig, concurrency: int) -> tune.schedulers.TrialSche
 
 
 def search(job: TuneJobConfig, concurrency: int):
-    """``job.search``: Optuna's TPE, or random sampling limited to ``concurrency`` trials."""
+    """``job.search``: Optuna's TPE, Optuna's NSGA-II (evolution), or Tune's variant generator
+    (random sampling, or the grid ``job.param_space()`` spells) limited to ``concurrency``
+    trials."""
     if job.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
         return OptunaSearch(seed=job.seed)
+    if job.search == "evolution":
+        from optuna.samplers import NSGAIISampler
+        from ray.tune.search.optuna import OptunaSearch
+
+        # NSGA-II, not CMA-ES: CMA-ES samples categorical dimensions (the default space's
+        # batch_size) at random, outside its model, and needs the cmaes package; NSGA-II
+        # breeds every kind of dimension. With one objective its selection keeps the best.
+        return OptunaSearch(sampler=NSGAIISampler(population_size=job.population, seed=job.seed))
     # Tune's max_concurrent_trials only limits a Searcher (Optuna): this one limits itself.
     return tune.search.BasicVariantGenerator(random_state=job.seed, max_concurrent=concurrency)
 
@@ -76,16 +86,18 @@ def new_tuner(ctx: TrialContext, concurrency: int, callbacks: list | None = None
     job = ctx.job
     metric, mode = job.base().objective()
     registry = ctx.registry()
+    search_alg = search(job, concurrency)
+    limits_itself = isinstance(search_alg, tune.search.BasicVariantGenerator)
     return tune.Tuner(
         trainable(ctx),
         param_space=job.param_space(),
         tune_config=tune.TuneConfig(
             metric=metric,
             mode=mode,
-            num_samples=job.samples,
+            num_samples=job.samples,  # under grid: runs of the whole grid
             scheduler=scheduler(job, concurrency),
-            search_alg=search(job, concurrency),
-            max_concurrent_trials=concurrency if job.search == "optuna" else None,
+            search_alg=search_alg,
+            max_concurrent_trials=None if limits_itself else concurrency,
             trial_dirname_creator=_trial_dirname,
             # A trial's actor owns its Train run: a reused actor (PBT's restarts) would keep
             # the old run going.
@@ -110,7 +122,7 @@ def restore(ctx: TrialContext) -> tune.Tuner:
     print(
         f"[tune] resuming {ctx.job.name}: {statuses.count('TERMINATED')} finished trials "
         f"kept, {len(statuses) - statuses.count('TERMINATED')} to continue, "
-        f"{ctx.job.samples - len(statuses)} not started yet",
+        f"{ctx.job.trials - len(statuses)} not started yet",
         flush=True,
     )
     runs.reopen(ctx.registry(), ctx.parent_run_id)
