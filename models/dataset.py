@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cluster import storage
+from models.drift import INPUT_PROFILE, InputProfile
 
 MANIFEST = "manifest.json"
 FEATURES = "features"
@@ -57,6 +58,13 @@ class Manifest:
                 raise ValueError(f"Shard {shard['file']} of {self.root} fails its SHA-256 check.")
             tables.append(pq.read_table(io.BytesIO(raw)))
         return pa.concat_tables(tables)
+
+    @property
+    def input_profile(self) -> InputProfile | None:
+        """The train split's distribution, recorded at ingest (None: an older dataset, or
+        one streamed in, e.g. the synthetic one)."""
+        profile = self.data.get(INPUT_PROFILE)
+        return InputProfile.from_dict(profile) if profile else None
 
     def load_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """A small labelled split in memory: (features (N, *feature_shape) float32, labels (N,)).
@@ -116,12 +124,15 @@ def write_dataset(
     shards_per_split: int,
     extra: dict,
 ) -> Manifest:
-    """Write a labelled dataset (features, labels per split); see ``write_tables``."""
+    """Write a labelled dataset (features, labels per split); see ``write_tables``. The
+    train split's distribution goes in the manifest: what served inputs are compared with
+    (``models.drift``)."""
     tables = {split: to_table(x, y) for split, (x, y) in splits.items()}
     first = next(iter(splits.values()))[0]
-    return write_tables(
-        root, name, tables, shards_per_split, {"feature_shape": list(first.shape[1:]), **extra}
-    )
+    facts = {"feature_shape": list(first.shape[1:]), **extra}
+    if "train" in splits:
+        facts[INPUT_PROFILE] = InputProfile.of(splits["train"][0]).to_dict()
+    return write_tables(root, name, tables, shards_per_split, facts)
 
 
 def write_tables(

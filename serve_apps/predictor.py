@@ -29,10 +29,12 @@ from ray import serve
 from cluster.settings import get_settings
 from cluster.topology import REGION_LABEL
 from models import package
+from models.drift import INPUT_PROFILE, InputProfile
 from models.evaluation import softmax
 from models.onnx_export import INPUT_NAME, OUTPUT_NAME, cpu_session
 from models.registry import Registry
 from models.signature import Signature
+from serve_apps._private.drift import DriftWatch
 from serve_apps._private.metrics import batch_sizes
 from serve_apps._private.model_ids import parse_model_id
 from serve_apps._private.prediction import Prediction
@@ -47,6 +49,7 @@ class LoadedModel:
     version: int
     session: ort.InferenceSession
     signature: Signature
+    profile: InputProfile | None = None  # the training inputs' (None: recorded before drift)
 
 
 @dataclass(slots=True)
@@ -85,6 +88,7 @@ class Predictor:
         self.registry = Registry.from_settings(settings)
         self.config = PredictorConfig()
         self.health = Health(self.config.max_consecutive_failures)
+        self.drift = DriftWatch()
         # Where this replica runs: on every answer, for X-Served-Region and the metrics.
         self.region = ray.get_runtime_context().get_node_labels().get(REGION_LABEL)
 
@@ -107,8 +111,15 @@ class Predictor:
         with tempfile.TemporaryDirectory(prefix=f"aimass-{name}-v{version}-") as tmp:
             folder = self.registry.fetch(info, Path(tmp))
             session = cpu_session(folder / package.ONNX_FILE, self.config.intra_op_threads)
-            signature = package.PackageConfig.read(folder).signature
-        return LoadedModel(name, version, session, signature)
+            config = package.PackageConfig.read(folder)
+        profile = config.extra.get(INPUT_PROFILE)
+        return LoadedModel(
+            name,
+            version,
+            session,
+            config.signature,
+            InputProfile.from_dict(profile) if profile else None,
+        )
 
     async def check_health(self) -> None:
         """Serve calls it every ``health_check_period_s``; an answer too slow fails it too."""
@@ -138,6 +149,7 @@ class Predictor:
                 logger.error("replica %s: %s", _replica_id(), self.health.unhealthy)
             raise
         self.health.ran(ok=True)
+        self.drift.observe(model.name, model.version, model.profile, batch)
         proba = softmax(logits)
         splits = np.cumsum([len(x) for x in inputs])[:-1]
         return [Prediction(model.version, part, self.region) for part in np.split(proba, splits)]

@@ -81,7 +81,7 @@ def main() -> None:
     x_test, y_test = manifest.load_split("test")
     result = query_split(settings.serve_url, key, "digits", x_test, y_test)
     step(6, 6, "report")
-    report(settings, result, champion.version, time.monotonic() - t0)
+    report(settings, result, champion.version, time.monotonic() - t0, info.prometheus_url)
     sample = ", ".join(str(int(v)) for v in x_test[0])
     console.print(f"Try it (a test image of a {y_test[0]}):")
     print(
@@ -90,7 +90,9 @@ def main() -> None:
     )
 
 
-def report(settings: Settings, result, version: int, elapsed: float) -> None:
+def report(
+    settings: Settings, result, version: int, elapsed: float, prometheus: str | None
+) -> None:
     db = re.sub(r"^sqlite:///", "", settings.mlflow_uri)
     lines = [
         f"served held-out accuracy  [bold]{result.accuracy:.4f}[/]  "
@@ -101,6 +103,9 @@ def report(settings: Settings, result, version: int, elapsed: float) -> None:
         f"Ray dashboard             {settings.dashboard_url}  (token: {settings.token_path})",
         f"MLflow UI                 .venv/bin/mlflow ui --backend-store-uri sqlite:///{db} "
         "--host 127.0.0.1 --port 5000",
+        f"Prometheus                {prometheus}  (alerts: .venv/bin/aimass alerts)"
+        if prometheus
+        else "Prometheus                not installed: `make prometheus`, then `make down demo`",
         f"demo API key              {settings.home / 'demo_api_key'}",
         f"took                      {elapsed:.0f} s; `make down` stops the cluster",
     ]

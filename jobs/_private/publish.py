@@ -17,6 +17,7 @@ from torch import nn
 from jobs.configs import ChampionGate
 from models import package
 from models.dataset import Manifest
+from models.drift import INPUT_PROFILE
 from models.evaluation import (
     classification_metrics,
     confusion,
@@ -99,6 +100,9 @@ def write_package(
     logits = cpu_session(folder / package.ONNX_FILE).run([OUTPUT_NAME], {INPUT_NAME: x_test})[0]
     proba = softmax(logits)
     metrics = classification_metrics(y_test, proba) | metrics
+    profile = manifest.input_profile  # what the replicas measure served inputs' drift against
+    if profile is not None:
+        extra = {**(extra or {}), INPUT_PROFILE: profile.to_dict()}
     _write_config(arch, options, metrics, extra, folder)
     matrix = confusion(y_test, proba.argmax(1), manifest.num_classes)
     (folder.parent / "confusion_matrix.json").write_text(json.dumps(matrix))

@@ -1,6 +1,6 @@
 """The cluster's Prometheus, seen as an operator sees it (issue: metrics on the dashboard,
-alerts): the dashboard reads it, it scrapes every node and our metrics, and a shipped alert
-fires for real and resolves.
+alerts, drift): the dashboard reads it, it scrapes every node and our metrics, and shipped
+alerts fire for real and resolve: server errors of a broken version, and drifted inputs.
 
 The session cluster's rules are the shipped expressions with test windows (tests/conftest.py:
 30 s rate windows, no hold, 5 s scrapes); Ray's metrics agents export every 10 s, so an
@@ -15,12 +15,14 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from ray._common.test_utils import wait_for_condition
 
 from cluster.local import auth_headers
 from cluster.monitoring import prometheus
 from models import package
+from models.dataset import dataset_uri, read_manifest
 
 pytestmark = pytest.mark.skipif(
     prometheus.binary() is None, reason="Prometheus is not installed (`make prometheus`)"
@@ -102,3 +104,43 @@ def test_a_failing_version_fires_the_error_rate_alert_and_it_resolves(served, pa
         retry_interval_ms=1000,
     )
     print(f"fired after {fired_s:.0f} s of errors, resolved {time.monotonic() - started:.0f} s in")
+
+
+def _drift(settings, version: int) -> float | None:
+    found = _query(settings, f'max(ray_aimass_drift_score{{model="digits",version="{version}"}})')
+    return float(found[0]["value"][1]) if found else None
+
+
+def test_shifted_inputs_raise_the_drift_score_past_the_alert_and_back(served):
+    """The champion's replicas compare what they serve with the train split's profile that
+    ingest recorded; brighter images (every pixel +4) are a drift, the test split is not."""
+    settings = served.settings
+    manifest = read_manifest(dataset_uri(settings.storage_root, "digits"))
+    assert manifest.input_profile is not None, "ingest recorded no profile of the train split"
+    rows = np.concatenate([manifest.load_split("test")[0], manifest.load_split("val")[0]])
+    shifted = np.clip(rows + 4, 0, 16)
+    threshold = settings.drift_alert_psi
+
+    def send_until(inputs: np.ndarray, done, limit_s: float, what: str) -> float:
+        started = time.monotonic()
+        with httpx.Client(timeout=30) as http:
+            while not done():
+                assert time.monotonic() - started < limit_s, f"{what}: score {_drift(settings, v)}"
+                for batch in np.array_split(inputs, len(inputs) // 64):
+                    body = {"instances": batch.tolist()}
+                    answer = http.post(served.predict_url, json=body, headers=_key(served))
+                    assert answer.status_code == 200, answer.text
+                time.sleep(1)
+        return time.monotonic() - started
+
+    v = served.registry.resolve("digits@champion").version
+    # Earlier tests sent one row over and over (a drift of its own): like training's first.
+    calm_s = send_until(rows, lambda: (_drift(settings, v) or 1.0) < threshold, 150, "calm")
+    drift_s = send_until(
+        shifted, lambda: _alert(settings, "AimassInputDrift", "digits") == "firing", 150, "drift"
+    )
+    assert _drift(settings, v) > threshold
+    back_s = send_until(
+        rows, lambda: _alert(settings, "AimassInputDrift", "digits") is None, 180, "back"
+    )
+    print(f"drift: calm after {calm_s:.0f} s, fired after {drift_s:.0f} s, gone {back_s:.0f} s")

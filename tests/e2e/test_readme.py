@@ -5,7 +5,7 @@ from what works: each block in a fresh shell (only PATH and HOME, then the READM
 private cluster beside any other (its AIMASS_*_PORT variables, as the README's Settings
 say, and the Serve port in a copy of serve_config.yaml), in a fresh HOME.
 
-The cheap blocks run here (up and status, ingest and train, serve deploy, keys and curl,
+The cheap blocks run here (up and status, alerts, ingest and train, serve deploy, keys and curl,
 models list/show/history); the other e2e modules submit the expensive job commands
 through ``ray_job_submit``, from the same kind of shell.
 """
@@ -31,6 +31,7 @@ from serve_apps.keys import KeyStore, keys_uri
 # What the README's commands name, and what this module's cluster uses instead.
 README_DASHBOARD, README_SERVE = "http://127.0.0.1:8265", "http://127.0.0.1:8000"
 README_SERVE_CONFIG = "serve_apps/serve_config.yaml"
+README_PROMETHEUS = "http://127.0.0.1:9190"
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class UserShell:
             script.replace(README_DASHBOARD, self.settings.dashboard_url)
             .replace(README_SERVE, self.settings.serve_url)
             .replace(README_SERVE_CONFIG, str(self.serve_config))
+            .replace(README_PROMETHEUS, f"http://127.0.0.1:{self.settings.prometheus_port}")
         )
         proc = self.run_in_shell(f"set -eo pipefail\n{script}", self.home, self.repo, self.ports)
         assert proc.returncode == 0, f"{script}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -130,6 +132,14 @@ def test_start_block_starts_the_cluster_and_shows_it(shell: UserShell, started: 
     assert f"Started Ray head at {shell.settings.gcs_address}" in started, started
     assert "ALIVE" in started and "availability-region" in started, started
     assert (shell.home / ".ray" / "auth_token").is_file()  # where Ray's CLIs look for it
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="`make prometheus` installs it")
+def test_alerts_block_reads_the_clusters_prometheus(shell: UserShell, started: str):
+    assert f"metrics    http://127.0.0.1:{shell.settings.prometheus_port}" in started, started
+    out = shell.run(shell.block("aimass alerts")).stdout
+    assert "No alert pending or firing" in out or "Alerts" in out, out
+    assert '"status":"success"' in out, out  # the curl of a PromQL query
 
 
 def test_job_block_ingests_and_trains(trained: str):
