@@ -1,8 +1,19 @@
-"""The Open Inference Protocol (v2) as its users call it: Triton's own HTTP client against
-the deployed model API, with a real trained model, answers equal to ``/v1 .../predict``."""
+"""The Open Inference Protocol (v2) as its users call it: Triton's own HTTP client and
+KServe's SDK REST client against the deployed model API, with a real trained model, answers
+equal to ``/v1 .../predict``.
+
+The kserve SDK pins protobuf < 7, pandas < 3 and psutil < 6, older than what Ray and MLflow
+run with in the project's venv, so it lives in a venv of its own (built on first use, ~40 s,
+cached under ~/.cache/aimass) and runs ``kserve_probe.py`` there.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
@@ -79,3 +90,52 @@ def test_a_pinned_version_and_the_protocols_errors(client, served, rows):
     with pytest.raises(InferenceServerException, match="has no version") as err:
         client.infer("digits", [tensor], model_version="999999", headers=_auth(served))
     assert err.value.status() == "404"
+
+
+KSERVE = "kserve==0.21.0"
+PROBE = Path(__file__).with_name("kserve_probe.py")
+
+
+@pytest.fixture(scope="session")
+def kserve_python() -> Path:
+    """The interpreter of a venv with only the kserve SDK (and what it pins)."""
+    venv = Path.home() / ".cache" / "aimass" / f"venv-{KSERVE.replace('==', '-')}"
+    python = venv / "bin" / "python"
+    if not (venv / ".installed").exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        env = {k: v for k, v in os.environ.items() if k != "PIP_CONSTRAINT"}  # ours: torch
+        done = subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", KSERVE],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        (venv / ".installed").touch()
+    return python
+
+
+def test_kserve_sdks_rest_client_answers_as_predict_does(kserve_python, served, rows):
+    done = subprocess.run(
+        [
+            str(kserve_python),
+            str(PROBE),
+            served.settings.serve_url,
+            served.key,
+            "digits",
+            json.dumps(rows.tolist()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["live"] and seen["ready"] and seen["model_ready"]
+    v1 = _v1(served, rows)
+    for mode in ("json", "binary"):
+        assert seen[mode]["model_version"] == str(v1["version"]), seen[mode]
+        np.testing.assert_allclose(seen[mode]["probabilities"], v1["probabilities"], atol=1e-5)
+    status, body = seen["wrong_key"]
+    assert status == 401 and "API key" in body["error"], seen["wrong_key"]
