@@ -262,7 +262,7 @@ class Gateway:
         """Infer with the version the model's release routing sends this caller to, as
         ``POST /v1/models/{name}/predict`` does; JSON or binary tensors."""
         route = await self._route(name)
-        req, inputs = await self._oip_inputs(name, route.champion, request)
+        req, inputs = await self._oip_inputs(name, route.champion, request, None)
         result = await self._answer(name, route, inputs, request, caller)
         return oip.infer_response(name, result, req, request.state.request_id)
 
@@ -271,7 +271,7 @@ class Gateway:
         self, name: str, version: str, request: Request, caller: Caller
     ) -> Response:
         v = oip.parse_version(version)
-        req, inputs = await self._oip_inputs(checked_name(name), v, request)
+        req, inputs = await self._oip_inputs(checked_name(name), v, request, v)
         result = await self.answers.call(name, v, inputs, self._order(request, caller))
         request.state.version, request.state.region = v, result.region
         return oip.infer_response(name, result, req, request.state.request_id)
@@ -488,15 +488,17 @@ class Gateway:
         return info
 
     async def _oip_inputs(
-        self, name: str, version: int, request: Request
+        self, name: str, version: int, request: Request, pinned: int | None
     ) -> tuple[oip.InferRequest, np.ndarray]:
         request.state.model = name  # validated by now: a bounded metrics tag
         info = await self._classifier(name, version)
         raw = await read_body(request, self.config.max_body_bytes)
         shape = info["signature"]["input_shape"]
-        return oip.read_infer(
+        req, inputs = oip.read_infer(
             bytes(raw), request.headers.get(oip.INFER_HEADER), shape, self.config.max_instances
         )
+        oip.check_names(req, name, pinned)
+        return req, inputs
 
     async def _inputs(self, name: str, version: int, request: Request) -> np.ndarray:
         """The request's instances as the version's input array, or a 4xx naming why not."""

@@ -139,7 +139,7 @@ def _print_datacenters(settings: Settings, nodes: list, details: dict) -> None:
     for name, counts in sorted(replicas.items()):
         placed.add_row(name, ", ".join(f"{dc or '-'}={n}" for dc, n in sorted(counts.items())))
     console.print(placed)
-    pages = status.scrape(status.metric_targets(settings.ray_temp_dir))
+    pages = prometheus.scrape(prometheus.node_targets(settings.ray_temp_dir))
     rows = status.routing_rows(status.answers_by_origin(pages))
     if rows:
         routing = Table(

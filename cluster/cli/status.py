@@ -10,12 +10,8 @@ file under the cluster's temp dir.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter, defaultdict
-from pathlib import Path
-
-import httpx
 
 from actors.pipeline import in_namespace
 from cluster.topology import REGION_LABEL
@@ -44,14 +40,6 @@ def replicas_by_datacenter(details: dict, regions: dict[str, str]) -> dict[str, 
     return dict(found)
 
 
-def metric_targets(temp_dir: Path) -> list[str]:
-    """The metrics endpoints of the cluster's nodes (Ray's Prometheus service discovery)."""
-    path = temp_dir / "prom_metrics_service_discovery.json"
-    if not path.exists():
-        return []
-    return [t for group in json.loads(path.read_text()) for t in group.get("targets", [])]
-
-
 def answers_by_origin(texts: list[str]) -> dict[tuple[str, str], float]:
     """``{(origin, served): answers}`` summed over the metrics pages ``texts``."""
     totals: dict[tuple[str, str], float] = defaultdict(float)
@@ -60,19 +48,6 @@ def answers_by_origin(texts: list[str]) -> dict[tuple[str, str], float]:
             labels = dict(_LABEL.findall(match["labels"]))
             totals[labels.get("origin", ""), labels.get("served", "")] += float(match["value"])
     return dict(totals)
-
-
-def scrape(targets: list[str], timeout_s: float = 2.0) -> list[str]:
-    """The metrics pages of the targets that answer (a node just gone is skipped)."""
-    pages = []
-    for target in targets:
-        try:
-            r = httpx.get(f"http://{target}/metrics", timeout=timeout_s)
-        except httpx.HTTPError:
-            continue
-        if r.status_code == 200:
-            pages.append(r.text)
-    return pages
 
 
 def routing_rows(answers: dict[tuple[str, str], float]) -> list[tuple[str, str, str, str]]:

@@ -84,6 +84,15 @@ def rules(p99_budget_ms: float, drift_threshold: float) -> list[Rule]:
             "{{ $labels.model }} v{{ $labels.version }}: inputs drifted from the training data "
             "(PSI {{ $value | humanize }}).",
         ),
+        Rule(
+            "AimassTrainingJobFailed",
+            # max_over_time, not increase: a failure's series starts at 1, and increase()
+            # needs a sample before it.
+            "max by (model, run) (max_over_time(ray_aimass_jobs_failed_total[{w}])) > 0",
+            "warning",
+            "{{ $labels.model }}: job run {{ $labels.run }} failed.",
+            instant=True,
+        ),
     ]
 
 

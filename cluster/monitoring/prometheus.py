@@ -13,6 +13,7 @@ of the cluster, and keeps its config, data and log under ``<home>/prometheus``.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -157,6 +158,28 @@ def start(settings: Settings, env: dict[str, str]) -> bool:
 def head_env(settings: Settings) -> dict[str, str]:
     """What the Ray head's environment needs for the dashboard to read this Prometheus."""
     return {"RAY_PROMETHEUS_HOST": url(settings)} if enabled(settings) else {}
+
+
+def node_targets(temp_dir: Path) -> list[str]:
+    """The metrics endpoints of the cluster's nodes, from Ray's service-discovery file."""
+    path = temp_dir / SERVICE_DISCOVERY_FILE
+    if not path.exists():
+        return []
+    return [t for group in json.loads(path.read_text()) for t in group.get("targets", [])]
+
+
+def scrape(targets: list[str], timeout_s: float = 2.0) -> list[str]:
+    """The metrics pages of the targets that answer (a node just gone is skipped), read as
+    Prometheus reads them."""
+    pages = []
+    for target in targets:
+        try:
+            r = httpx.get(f"http://{target}/metrics", timeout=timeout_s)
+        except httpx.HTTPError:
+            continue
+        if r.status_code == 200:
+            pages.append(r.text)
+    return pages
 
 
 def firing(settings: Settings) -> list[dict]:

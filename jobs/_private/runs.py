@@ -14,6 +14,7 @@ from typing import Literal
 
 from mlflow.entities import Param
 
+from jobs._private.failures import report_failure
 from models.registry import Registry
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -52,11 +53,14 @@ def reopen(registry: Registry, run_id: str) -> None:
 @contextlib.contextmanager
 def closing(registry: Registry, run_id: str) -> Iterator[str]:
     """Yield ``run_id``; the run is FINISHED when the body returns, FAILED if it raises
-    (a KeyboardInterrupt or SystemExit too)."""
+    (a KeyboardInterrupt or SystemExit too), and then counted for the alerts."""
     try:
         yield run_id
     except BaseException:
         close(registry, run_id, "FAILED")
+        run = registry.client.get_run(run_id)
+        model = registry.client.get_experiment(run.info.experiment_id).name
+        report_failure(model, run.info.run_name or run_id)
         raise
     close(registry, run_id, "FINISHED")
 

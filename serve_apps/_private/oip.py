@@ -63,9 +63,25 @@ class InferRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str | None = Field(None, max_length=256)
+    # Not in the protocol's request, but KServe's SDK sends them; they must agree with the
+    # path (checked by the gateway).
+    model_name: str | None = Field(None, max_length=256)
+    model_version: str | None = Field(None, max_length=32)
     parameters: dict[str, Any] | None = None
     inputs: list[InferInput] = Field(min_length=1, max_length=8)
     outputs: list[RequestedOutput] | None = Field(None, max_length=8)
+
+
+def check_names(req: InferRequest, name: str, pinned: int | None) -> None:
+    """The body's model_name/model_version (KServe's SDK sends them) agree with the path."""
+    if req.model_name not in (None, name):
+        raise _invalid(f"model_name {req.model_name!r} is not the path's model {name!r}.")
+    if req.model_version not in (None, str(pinned)):
+        where = f"is not the path's version {pinned}" if pinned else "needs a versioned path"
+        raise _invalid(
+            f"model_version {req.model_version!r} {where}: "
+            f"/v2/models/{name}/versions/{req.model_version}/infer pins it."
+        )
 
 
 def _invalid(detail: str) -> ApiError:

@@ -95,6 +95,9 @@ def test_a_pinned_version_answers(client, key):
         client, key, {"inputs": [_tensor([ROW], data=ROW)]}, "/v2/models/digits/versions/4/infer"
     )
     assert r.status_code == 200 and r.json()["model_version"] == "4"
+    named = {"model_name": "digits", "model_version": "4", "inputs": [_tensor([ROW], data=ROW)]}
+    r = _infer(client, key, named, "/v2/models/digits/versions/4/infer")
+    assert r.status_code == 200 and r.json()["model_version"] == "4"
 
 
 @pytest.mark.parametrize(
@@ -125,6 +128,9 @@ def test_a_pinned_version_answers(client, key):
             "No output",
         ),
         ({"inputs": []}, b"", 422, "inputs"),
+        # KServe's SDK names the model (and a version) in the body: they must fit the path
+        ({"model_name": "other", "inputs": [_tensor([ROW], data=ROW)]}, b"", 400, "model_name"),
+        ({"model_version": "4", "inputs": [_tensor([ROW], data=ROW)]}, b"", 400, "versions/4"),
         ({"inputs": [_tensor([ROW], data=ROW)], "extra": 1}, b"", 422, "extra"),
     ],
 )

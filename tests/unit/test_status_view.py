@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 from actors.pipeline import DEFAULT_NAMESPACE as STAGES
 from cluster.cli import status
+from cluster.monitoring import prometheus
 
 PAGE = """# HELP ray_aimass_datacenter_answers_total Model answers by ...
 # TYPE ray_aimass_datacenter_answers_total counter
@@ -52,10 +53,10 @@ def test_replicas_are_counted_per_datacenter_of_their_node():
 
 
 def test_metric_targets_come_from_rays_service_discovery_file(tmp_path):
-    assert status.metric_targets(tmp_path) == []
+    assert prometheus.node_targets(tmp_path) == []
     sd = [{"labels": {"job": "ray"}, "targets": ["127.0.0.1:1", "127.0.0.2:2"]}]
     (tmp_path / "prom_metrics_service_discovery.json").write_text(json.dumps(sd))
-    assert status.metric_targets(tmp_path) == ["127.0.0.1:1", "127.0.0.2:2"]
+    assert prometheus.node_targets(tmp_path) == ["127.0.0.1:1", "127.0.0.2:2"]
 
 
 def test_sharding_actors_are_listed_by_name_with_their_datacenter():

@@ -67,6 +67,14 @@ def test_the_dashboard_reads_the_prometheus_that_scrapes_every_node(served):
         timeout=60,
         retry_interval_ms=1000,
     )
+    # Both sides of AimassReplicasBelowMinimum are real series (Serve's own metrics), and
+    # the rule holds nothing while every replica is healthy.
+    healthy = _query(settings, "ray_serve_deployment_replica_healthy")
+    assert {r["metric"]["deployment"] for r in healthy} >= {"Gateway", "Predictor"}, healthy
+    target = _query(settings, 'ray_serve_autoscaling_target_replicas{deployment="Predictor"}')
+    assert target, "Serve exports no target for the autoscaled Predictor"
+    firing = {a["labels"]["alertname"] for a in prometheus.firing(settings)}
+    assert "AimassReplicasBelowMinimum" not in firing
 
 
 def test_a_failing_version_fires_the_error_rate_alert_and_it_resolves(served, package_factory):
@@ -144,3 +152,24 @@ def test_shifted_inputs_raise_the_drift_score_past_the_alert_and_back(served):
         rows, lambda: _alert(settings, "AimassInputDrift", "digits") is None, 180, "back"
     )
     print(f"drift: calm after {calm_s:.0f} s, fired after {drift_s:.0f} s, gone {back_s:.0f} s")
+
+
+def test_a_failed_training_run_fires_its_alert(served, submit):
+    settings, run = served.settings, f"failing-{time.monotonic_ns()}"
+    out = submit("python", "tests/e2e/failing_run.py", run, expect_ok=False)
+    assert out.returncode != 0 and "made up by the test" in out.stdout + out.stderr
+    # The driver waited until its failure was on its node's metrics page and scraped.
+    wait_for_condition(
+        lambda: any(
+            a["labels"]["alertname"] == "AimassTrainingJobFailed"
+            and a["labels"].get("run") == run
+            and a["state"] == "firing"
+            for a in prometheus.firing(settings)
+        ),
+        timeout=60,
+        retry_interval_ms=1000,
+    )
+    runs = served.registry.client.search_runs(
+        [served.registry.experiment("alert-probe")], f"attributes.run_name = '{run}'"
+    )
+    assert [r.info.status for r in runs] == ["FAILED"]
