@@ -1,7 +1,9 @@
 """Jobs: entrypoints run as ``python -m jobs.<name>`` (each module's docstring shows its
 ``ray job submit`` line), and the training engine they share.
 
-Entrypoints: ``ingest``, ``train``, ``tune``, ``compress``, ``evaluate``, ``release``. Typed
+Entrypoints: ``ingest``, ``train`` (``--from`` fine-tunes), ``tune``, ``compress``,
+``evaluate``, ``release``, ``ensemble``, ``export``, ``batch_predict``, and ``pipeline``
+(ingest to release as one job). Typed
 configurations and their presets live in ``jobs.configs``.
 
 The names below are the public surface of the training engine and of the tuning job's

@@ -14,7 +14,7 @@ from cluster.provenance import GIT_SHA_ENV, git_sha
 from cluster.settings import Settings
 
 # The jobs' own progress lines, e.g. "[train] epoch 3/30 ...", without Ray's prefixes.
-_JOBS = "ingest|train|tune|compress|evaluate|release|ensemble|export|batch_predict"
+_JOBS = "ingest|train|tune|compress|evaluate|release|ensemble|export|batch_predict|pipeline"
 _PROGRESS = re.compile(rf"\[({_JOBS})\] .*")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 

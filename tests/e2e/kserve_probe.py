@@ -29,7 +29,8 @@ async def probe(base_url: str, key: str, model: str, rows: np.ndarray) -> dict:
             answer = await client.infer(base_url, request, model, headers=dict(headers))
             probabilities = answer.get_output_by_name("probabilities").as_numpy()
             seen["binary" if binary else "json"] = {
-                "model_version": answer.model_version,
+                "model_name": answer.model_name,
+                "id": answer.id,
                 "probabilities": probabilities.tolist(),
             }
         try:
