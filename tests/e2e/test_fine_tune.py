@@ -19,7 +19,7 @@ from models.refs import ModelVersionInfo
 from models.registry import Registry
 
 # The first test's setup trains the session's digits model (~4 min on the 2-core machine)
-# before the fine-tune, and the test trains a fresh control as well.
+# before the fine-tune.
 pytestmark = pytest.mark.timeout(1800)
 
 RUN = "ft-e2e"
@@ -71,19 +71,13 @@ def test_a_fine_tune_names_its_parent_and_starts_from_its_weights(served, submit
     assert f"[train] starting from {parent}'s weights: val_acc=" in fine_tuned.log
     # Validation and test are two ~300-row splits of one dataset: the parent scores within a
     # few points on each.
+    # A fresh model scores ~0.1 before its first step and 0.29 after one epoch of this run
+    # (measured with a control run, left out to keep the suite's time): a start at the
+    # parent's level means the weights were loaded, and the first epoch's keeping it means
+    # DeepSpeed's fp32 copy was loaded too (else the first step writes fresh weights back).
     assert start >= parent_accuracy - 0.05, (start, parent_accuracy)
     assert first_epoch >= parent_accuracy - 0.05, (first_epoch, parent_accuracy)
-
-    # The same run from fresh weights, as the control: one epoch leaves it far below (measured:
-    # 0.99 at the start and after one epoch fine-tuned, 0.29 after one epoch fresh).
-    fresh = train(served, submit, "--name", f"{RUN}-fresh", "--set", "epochs=1")
-    assert fresh.info.parent is None and not fresh.metric("start_val_accuracy")
-    fresh_epoch = fresh.metric("val_accuracy")[0]
-    print(
-        f"val accuracy: start {start:.4f}, after one epoch {first_epoch:.4f}, "
-        f"fresh after one epoch {fresh_epoch:.4f}; parent test {parent_accuracy:.4f}"
-    )
-    assert first_epoch - fresh_epoch >= 0.2, (first_epoch, fresh_epoch)
+    print(f"val accuracy: start {start:.4f}, after one epoch {first_epoch:.4f}")
 
 
 def test_a_resubmitted_fine_tune_resumes_its_checkpoint_and_keeps_its_parent(
