@@ -5,8 +5,11 @@ The request path only appends a reference to the batch it already holds (every
 ``sample_every``-th batch, up to ``max_pending_rows`` waiting); a daemon thread folds the
 waiting rows in every ``interval_s``, weighs older counts down past ``window_rows`` so the
 score follows the most recent ~``window_rows`` inputs, and sets the gauge once ``min_rows``
-have been seen (the last score stays until new inputs come). Every replica scores the share
-of traffic it serves: the alert takes the largest.
+have been seen. Every replica scores the share of traffic it serves and the alert takes the
+largest, so a replica that stops getting a version's traffic (Serve sends a model's requests
+to the replicas that hold it) must not keep its last score: after ``idle_s`` without rows it
+reports NaN, which PromQL's ``max`` and comparisons pass over (a gauge cannot be removed),
+and starts counting afresh when rows come again.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import math
 import threading
+import time
 
 import numpy as np
 
@@ -44,10 +49,12 @@ class DriftWatch:
         max_pending_rows: int = 4096,
         min_rows: int = 300,
         window_rows: int = 2000,
+        idle_s: float = 60.0,
     ) -> None:
         self.interval_s, self.sample_every = interval_s, sample_every
         self.max_pending_rows, self.min_rows = max_pending_rows, min_rows
-        self.window_rows = window_rows
+        self.window_rows, self.idle_s = window_rows, idle_s
+        self._seen_at: dict[tuple[str, int], float] = {}
         self._pending: collections.deque = collections.deque()
         self._pending_rows = 0
         self._batches = 0
@@ -69,8 +76,10 @@ class DriftWatch:
             self._thread = threading.Thread(target=self._run, name="drift", daemon=True)
             self._thread.start()
 
-    def fold(self) -> dict[tuple[str, int], float]:
-        """Count the waiting rows in; the scores of versions past ``min_rows``."""
+    def fold(self, now: float | None = None) -> dict[tuple[str, int], float]:
+        """Count the waiting rows in; the scores of versions past ``min_rows``, NaN for
+        those idle here for ``idle_s`` (reported once, then forgotten)."""
+        now = time.monotonic() if now is None else now
         with self._lock:
             batches, self._pending, self._pending_rows = self._pending, collections.deque(), 0
         for model, version, profile, x in batches:
@@ -78,13 +87,18 @@ class DriftWatch:
             if counts is None:
                 counts = self._counts[model, version] = InputCounts(profile)
             counts.add(x)
+            self._seen_at[model, version] = now
             if counts.rows > self.window_rows:
                 counts.decay(self.window_rows / counts.rows)
-        return {
+        idle = [key for key, at in self._seen_at.items() if now - at > self.idle_s]
+        for key in idle:
+            del self._counts[key], self._seen_at[key]
+        scores = {
             key: counts.score()
             for key, counts in self._counts.items()
             if counts.rows >= self.min_rows
         }
+        return scores | dict.fromkeys(idle, math.nan)
 
     def _run(self) -> None:
         event = threading.Event()

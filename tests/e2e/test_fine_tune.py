@@ -23,7 +23,10 @@ from models.registry import Registry
 pytestmark = pytest.mark.timeout(1800)
 
 RUN = "ft-e2e"
-FLAGS = ("--config", "digits_cnn_smoke", "--set", "register_as=digits_ft", "--set", "lr=5e-4")
+# promote=false: a digits_ft champion would be served, and listed beside digits by the
+# model API tests that follow.
+FLAGS = ("--config", "digits_cnn_smoke", "--set", "register_as=digits_ft", "--set", "lr=5e-4",
+         "--set", "promote=false")  # fmt: skip
 REGISTERED = re.compile(r"\[train\] registered digits_ft version (\d+)")
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import time
 
 import numpy as np
 import pytest
@@ -71,6 +73,10 @@ def test_the_watch_scores_past_min_rows_follows_recent_inputs_and_skips_when_beh
             watch.observe("digits", 1, profile, served[start : start + 100])
         score = watch.fold()["digits", 1]
     assert score < THRESHOLD
+    # No more rows for a while: its score is withdrawn (NaN once), then it is forgotten.
+    later = time.monotonic() + watch.idle_s + 1
+    assert math.isnan(watch.fold(now=later)["digits", 1])
+    assert watch.fold(now=later) == {}
     watch.observe("digits", 2, None, served[:100])  # a version without a profile: ignored
     assert ("digits", 2) not in watch.fold()
     behind = DriftWatch(max_pending_rows=1000, window_rows=10_000)
