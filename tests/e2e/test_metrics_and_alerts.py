@@ -38,12 +38,18 @@ def _query(settings, promql: str) -> list[dict]:
     return reply.json()["data"]["result"]
 
 
-def _alert(settings, name: str, model: str) -> str | None:
-    """The state of alert ``name`` for ``model`` (pending, firing), None when it holds none."""
+def _found(settings, name: str, model: str) -> dict | None:
+    """Alert ``name`` for ``model`` as Prometheus holds it (pending or firing), or None."""
     for alert in prometheus.firing(settings):
         if alert["labels"]["alertname"] == name and alert["labels"].get("model") == model:
-            return alert["state"]
+            return alert
     return None
+
+
+def _alert(settings, name: str, model: str) -> str | None:
+    """The state of alert ``name`` for ``model`` (pending, firing), None when it holds none."""
+    found = _found(settings, name, model)
+    return found["state"] if found else None
 
 
 def _key(served) -> dict[str, str]:
@@ -144,10 +150,16 @@ def test_shifted_inputs_raise_the_drift_score_past_the_alert_and_back(served):
     v = served.registry.resolve("digits@champion").version
     # Earlier tests sent one row over and over (a drift of its own): like training's first.
     calm_s = send_until(rows, lambda: (_drift(settings, v) or 1.0) < threshold, 150, "calm")
-    drift_s = send_until(
-        shifted, lambda: _alert(settings, "AimassInputDrift", "digits") == "firing", 150, "drift"
-    )
-    assert _drift(settings, v) > threshold
+    fired: list[dict] = []
+
+    def firing() -> bool:
+        found = _found(settings, "AimassInputDrift", "digits")
+        if found and found["state"] == "firing":
+            fired.append(found)
+        return bool(fired)
+
+    drift_s = send_until(shifted, firing, 150, "drift")
+    assert float(fired[0]["value"]) > threshold  # the score the rule fired on
     back_s = send_until(
         rows, lambda: _alert(settings, "AimassInputDrift", "digits") is None, 180, "back"
     )

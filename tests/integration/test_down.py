@@ -26,6 +26,7 @@ def private_settings(home: Path) -> Settings:
         gcs_port=free_port(),
         dashboard_port=free_port(),
         serve_port=free_port(),
+        prometheus_port=free_port(),  # its Prometheus is one of the processes down must end
     )
 
 

@@ -57,13 +57,17 @@ def test_promtool_accepts_the_rules_and_the_config(tmp_path):
 
 
 def test_the_config_scrapes_rays_discovery_file_and_loads_the_rules(tmp_path):
-    settings = Settings(home=tmp_path, gcs_port=6399, prometheus_scrape_s=7)
+    # Every field it reads is given: the e2e tests leave the session cluster's AIMASS_* set.
+    settings = Settings(
+        home=tmp_path, host="127.0.0.1", gcs_port=6399, prometheus_port=9190, prometheus_scrape_s=7
+    )
     config = prometheus.config(settings)
     assert config["rule_files"] == [str(tmp_path / "prometheus" / "alerts.yml")]
     sd = config["scrape_configs"][0]["file_sd_configs"][0]
     assert sd["files"] == ["/tmp/aimass-ray-6399/prom_metrics_service_discovery.json"]
     assert config["global"]["scrape_interval"] == sd["refresh_interval"] == "7s"
     assert prometheus.url(settings) == "http://127.0.0.1:9190"  # the cluster's host only
+    assert Settings.model_fields["prometheus_port"].default == 9190  # not Debian's 9090
 
 
 def test_off_means_no_prometheus_and_no_dashboard_pointer(tmp_path):
