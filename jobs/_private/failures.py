@@ -16,14 +16,17 @@ import ray
 
 from cluster.monitoring import prometheus
 from cluster.settings import get_settings
+from models.registry import Registry
 
 JOBS_FAILED = "aimass_jobs_failed"
 _WAIT_S = 30.0
 logger = logging.getLogger(__name__)
 
 
-def report_failure(model: str, run: str) -> None:
-    """Count a failed run of ``model``'s job; never raises (the job's own error matters)."""
+def report_failure(registry: Registry, run_id: str) -> None:
+    """Count the failed MLflow run ``run_id`` under its model (the run's experiment); never
+    raises (the job's own error matters)."""
+    run = run_id
     try:
         settings = get_settings()
         # A driver that failed before it joined the cluster has no metrics to export (and
@@ -31,6 +34,10 @@ def report_failure(model: str, run: str) -> None:
         if not (ray.is_initialized() and prometheus.enabled(settings)):
             return
         from ray.util.metrics import Counter
+
+        found = registry.client.get_run(run_id)
+        model = registry.client.get_experiment(found.info.experiment_id).name
+        run = found.info.run_name or run_id
 
         failed = Counter(
             JOBS_FAILED,

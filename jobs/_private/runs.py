@@ -58,9 +58,7 @@ def closing(registry: Registry, run_id: str) -> Iterator[str]:
         yield run_id
     except BaseException:
         close(registry, run_id, "FAILED")
-        run = registry.client.get_run(run_id)
-        model = registry.client.get_experiment(run.info.experiment_id).name
-        report_failure(model, run.info.run_name or run_id)
+        report_failure(registry, run_id)
         raise
     close(registry, run_id, "FINISHED")
 
