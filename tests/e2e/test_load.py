@@ -109,8 +109,10 @@ def test_l3_autoscaling_up_and_down_fails_no_request(serve_ops, traffic):
             wait_for_condition(lambda: serve_ops.running("Predictor") == 2, timeout=upscale_s + 90)
             up_s = time.monotonic() - t0
             busy.wait_for(50)  # both replicas serve
-        with traffic(in_flight=1) as quiet:  # the drain down happens under traffic
+            # Serve's downscale delay runs from when the load drops, which is here, not
+            # after the 16 clients' last answers have come back and been joined (seen: seconds).
             t0 = time.monotonic()
+        with traffic(in_flight=1) as quiet:  # the drain down happens under traffic
             wait_for_condition(
                 lambda: len(serve_ops.replicas("Predictor")) == 1,
                 timeout=downscale_s + 90,
