@@ -16,6 +16,13 @@ like digits (64 float32 features around one of 10 class prototypes, an int64 lab
 written shard by shard in chunks of ``CHUNK_ROWS``, so memory stays bounded at any size.
 All are deterministic: running twice writes the
 same shards and the same manifest hash.
+
+New data a model is refreshed on arrives as Parquet: ``--source URI`` (a file or a folder
+of them, local or on the storage's filesystems) with a ``features`` column (lists of one
+length) and an integer ``label``, ingested under ``--dataset NAME`` (any name) and split
+like digits:
+
+    ray job submit ... -- python -m jobs.ingest --dataset digits_2026_12 --source s3://bucket/new/
 """
 
 from __future__ import annotations
@@ -25,13 +32,19 @@ import sysconfig
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, Field
+import pyarrow as pa
+import pyarrow.dataset as pads
+from pydantic import BaseModel, Field, model_validator
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from cluster import storage
 from cluster.settings import get_settings
 from jobs._private.cli import parse_config
 from models.dataset import (
+    DATASET_NAME,
+    FEATURES,
+    LABEL,
     Manifest,
     dataset_uri,
     to_table,
@@ -44,8 +57,10 @@ from models.dataset import (
 
 CHUNK_ROWS = 65_536
 """Synthetic: rows generated and written at a time (~17 MiB of features)."""
-FEATURES = 64
+WIDTH = 64
+"""Synthetic: features per row, as digits has."""
 CLASSES = 10
+BUILT_IN = ("digits", "python_stdlib", "synthetic")
 
 
 class IngestConfig(BaseModel):
@@ -53,8 +68,13 @@ class IngestConfig(BaseModel):
 
     dataset: str = Field(
         "digits",
-        pattern="^(digits|python_stdlib|synthetic)$",
-        description="digits | python_stdlib | synthetic",
+        pattern=DATASET_NAME,
+        description="digits | python_stdlib | synthetic, or the name of a --source's data",
+    )
+    source: str | None = Field(
+        None,
+        description="Parquet file or folder URI of new labelled data (columns features, "
+        "label), ingested under --dataset and split like digits.",
     )
     rows: int = Field(100_000, ge=100, description="Synthetic: rows in all splits together.")
     val_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of rows for validation.")
@@ -63,6 +83,69 @@ class IngestConfig(BaseModel):
     seed: int = Field(0, description="Seed of the stratified split.")
     block_size: int = Field(128, ge=8, le=8192, description="Text: tokens per sequence.")
     max_bytes: int = Field(4_000_000, ge=10_000, description="Text: corpus size cap in bytes.")
+
+    @model_validator(mode="after")
+    def _known(self) -> IngestConfig:
+        if self.source is None and self.dataset not in BUILT_IN:
+            raise ValueError(
+                f"dataset {self.dataset!r} is not built in ({', '.join(BUILT_IN)}): "
+                "give --source with its Parquet files"
+            )
+        if self.source is not None and self.dataset in BUILT_IN:
+            raise ValueError(f"dataset {self.dataset!r} is built in: name the new data otherwise")
+        return self
+
+
+class SourceError(ValueError):
+    """New data that cannot be ingested (missing, or not features + label)."""
+
+
+def read_source(uri: str) -> tuple[np.ndarray, np.ndarray]:
+    """(features float32 [rows, width], labels int64) of the Parquet file(s) at ``uri``.
+
+    Raises:
+        SourceError: Nothing there, a column missing, rows of different widths, labels
+            that are not class numbers 0, 1, ...
+    """
+    fs, path = storage.resolve(uri)
+    try:
+        table = pads.dataset(path, filesystem=fs, format="parquet").to_table()
+    except (FileNotFoundError, pa.ArrowInvalid) as err:
+        raise SourceError(f"no Parquet data at {uri}: {err}") from None
+    missing = {FEATURES, LABEL} - set(table.column_names)
+    if missing:
+        raise SourceError(
+            f"{uri} has columns {table.column_names}; {sorted(missing)} missing "
+            f"({FEATURES!r}: a list of numbers per row, {LABEL!r}: its class)"
+        )
+    if table.num_rows < 50:
+        raise SourceError(f"{uri} has {table.num_rows} rows: at least 50 are needed to split")
+    try:
+        x = np.array(table.column(FEATURES).to_pylist(), dtype=np.float32)
+        y = table.column(LABEL).to_numpy().astype(np.int64, casting="safe")
+    except (ValueError, TypeError) as err:
+        raise SourceError(f"{uri}: features must be equal-length lists of numbers, "
+                          f"labels integers ({err})") from None  # fmt: skip
+    if x.ndim != 2 or not np.isfinite(x).all():
+        raise SourceError(f"{uri}: features must be equal-length lists of finite numbers")
+    if y.min() < 0:
+        raise SourceError(f"{uri}: labels must be class numbers 0, 1, ... (found {y.min()})")
+    return x, y
+
+
+def ingest_source(cfg: IngestConfig, storage_root: str) -> Manifest:
+    x, y = read_source(cfg.source)
+    try:
+        splits = stratified_splits(x, y, cfg)
+    except ValueError as err:  # scikit-learn's: a class too rare to stratify
+        raise SourceError(f"{cfg.source}: cannot split it stratified by label: {err}") from None
+    return write_dataset(
+        dataset_uri(storage_root, cfg.dataset),
+        cfg.dataset,
+        splits,
+        cfg.shards,
+        extra={"num_classes": int(y.max()) + 1, "seed": cfg.seed, "source": cfg.source},
+    )
 
 
 def stratified_splits(
@@ -143,12 +226,12 @@ def ingest_text(cfg: IngestConfig, storage_root: str) -> Manifest:
 
 def synthetic_chunks(cfg: IngestConfig, split: str, shard: int, rows: int):
     """A shard's rows as tables of at most CHUNK_ROWS, seeded by (seed, split, shard)."""
-    prototypes = np.random.default_rng(cfg.seed).uniform(0, 16, size=(CLASSES, FEATURES))
+    prototypes = np.random.default_rng(cfg.seed).uniform(0, 16, size=(CLASSES, WIDTH))
     rng = np.random.default_rng([cfg.seed, ("train", "val", "test").index(split), shard])
     for start in range(0, rows, CHUNK_ROWS):
         n = min(CHUNK_ROWS, rows - start)
         labels = rng.integers(0, CLASSES, size=n)
-        noise = rng.normal(0, 3, size=(n, FEATURES))
+        noise = rng.normal(0, 3, size=(n, WIDTH))
         yield to_table(np.clip(prototypes[labels] + noise, 0, 16).astype(np.float32), labels)
 
 
@@ -170,7 +253,7 @@ def ingest_synthetic(cfg: IngestConfig, storage_root: str) -> Manifest:
             shards.append({"file": file, **write_streamed_shard(f"{root}/{file}", SCHEMA, chunks)})
         entries[split] = {"rows": rows, "shards": shards}
     extra = {
-        "feature_shape": [FEATURES],
+        "feature_shape": [WIDTH],
         "num_classes": CLASSES,
         "seed": cfg.seed,
         "source": f"synthetic: {cfg.rows} rows, class prototypes + N(0, 3) noise",
@@ -178,10 +261,12 @@ def ingest_synthetic(cfg: IngestConfig, storage_root: str) -> Manifest:
     return write_manifest(root, cfg.dataset, SCHEMA, entries, extra)
 
 
-SCHEMA = to_table(np.zeros((1, FEATURES), np.float32), np.zeros(1, np.int64)).schema
+SCHEMA = to_table(np.zeros((1, WIDTH), np.float32), np.zeros(1, np.int64)).schema
 
 
 def ingest(cfg: IngestConfig, storage_root: str) -> Manifest:
+    if cfg.source is not None:
+        return ingest_source(cfg, storage_root)
     if cfg.dataset == "python_stdlib":
         return ingest_text(cfg, storage_root)
     if cfg.dataset == "synthetic":
@@ -199,7 +284,10 @@ def ingest(cfg: IngestConfig, storage_root: str) -> Manifest:
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(IngestConfig, __doc__.split("\n")[0], argv)
-    manifest = ingest(cfg, get_settings().storage_root)
+    try:
+        manifest = ingest(cfg, get_settings().storage_root)
+    except SourceError as err:
+        raise SystemExit(f"[ingest] --source: {err}") from None
     for split in ("train", "val", "test"):
         print(
             f"[ingest] {split}: {manifest.rows(split)} rows in {len(manifest.shard_uris(split))} shards"

@@ -25,6 +25,8 @@ FEATURES = "features"
 LABEL = "label"
 TOKENS = "tokens"
 SPLITS = ("train", "val", "test")
+DATASET_NAME = "^[a-z][a-z0-9_]{0,63}$"
+"""What a dataset may be called: a folder name under ``<storage>/datasets``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,3 +125,76 @@ def test_synthetic_shard_sizes_need_no_index_array():
     for rows, shards in [(100, 3), (7, 64), (8_500_000, 64)]:
         expected = [len(a) for a in np.array_split(np.arange(rows), shards)]
         assert shard_sizes(rows, shards) == expected
+
+
+def _parquet(path, features, labels) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"features": features, "label": labels}), path)
+    return str(path)
+
+
+def test_new_data_from_parquet_is_split_stratified_with_its_profile(tmp_path):
+    import numpy as np
+
+    from jobs.ingest import IngestConfig, ingest
+    from models.drift import InputProfile
+
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 16, (400, 8)).astype(np.float32), np.arange(400) % 4
+    folder = tmp_path / "new"
+    folder.mkdir()
+    _parquet(folder / "a.parquet", x[:200].tolist(), y[:200])  # a folder of files
+    _parquet(folder / "b.parquet", x[200:].tolist(), y[200:])
+    manifest = ingest(IngestConfig(dataset="fresh", source=str(folder)), str(tmp_path / "s"))
+    assert manifest.data["dataset"] == "fresh" and manifest.num_classes == 4
+    assert manifest.feature_shape == (8,)
+    assert sum(manifest.rows(s) for s in ("train", "val", "test")) == 400
+    train_x, train_y = manifest.load_split("train")
+    assert set(np.bincount(train_y)) == {len(train_y) // 4}  # stratified
+    assert isinstance(manifest.input_profile, InputProfile)  # drift is measured against it
+    assert manifest.data["source"] == str(folder)
+
+
+@pytest.mark.parametrize(
+    ("columns", "needle"),
+    [
+        ({"features": [[1.0, 2.0]] * 60}, "['label'] missing"),
+        ({"features": [[1.0, 2.0]] * 59 + [[1.0]], "label": [0, 1] * 30}, "equal-length"),
+        ({"features": [[1.0, 2.0]] * 60, "label": [0.5] * 60}, "labels integers"),
+        ({"features": [[1.0, 2.0]] * 60, "label": [-1, 0] * 30}, "class numbers"),
+        ({"features": [[1.0, 2.0]] * 10, "label": [0, 1] * 5}, "at least 50"),
+        ({"features": [[1.0, 2.0]] * 60, "label": [0] * 59 + [1]}, "stratified"),
+    ],
+)
+def test_new_data_that_cannot_be_ingested_is_refused_naming_why(
+    settings_env, tmp_path, columns, needle
+):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs.ingest import main
+
+    pq.write_table(pa.table(columns), tmp_path / "bad.parquet")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--dataset", "fresh", "--source", str(tmp_path / "bad.parquet")])
+    assert str(exit_info.value).startswith("[ingest] --source: ") and needle in str(
+        exit_info.value
+    ), exit_info.value
+    assert not (tmp_path / "home" / "storage" / "datasets" / "fresh").exists()  # nothing half
+
+
+def test_ingest_names_built_in_datasets_and_sources_apart(settings_env, tmp_path, capsys):
+    from jobs.ingest import main
+
+    for argv, needle in [
+        (["--dataset", "fresh"], "give --source"),
+        (["--dataset", "digits", "--source", str(tmp_path)], "built in"),
+        (["--dataset", "../x", "--source", str(tmp_path)], "--dataset '../x'"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2 and needle in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="no Parquet data at"):
+        main(["--dataset", "fresh", "--source", str(tmp_path / "nothing")])
