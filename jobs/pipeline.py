@@ -5,9 +5,14 @@ Submit it to the cluster (run from the repository root):
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m jobs.pipeline --config digits
 
 Presets (``--config``, ``jobs.configs.pipeline``): ``digits``, ``digits_int8`` (releases the
-int8 version), ``digits_fine_tune`` (from ``digits@champion``), ``digits_smoke`` (no gates
-to speak of, no release). ``--from REF`` fine-tunes that version instead of training fresh
-weights. Each stage is the job a user would submit, run as its own process
+int8 version), ``digits_fine_tune`` (from ``digits@champion``), ``digits_refresh`` (new
+data: fine-tune the champion on it, release judged on fed-back labels), ``digits_smoke`` (no
+gates to speak of, no release). ``--from REF`` fine-tunes that version instead of training
+fresh weights; ``--dataset NAME`` works on another dataset, and ``--source URI`` ingests it
+first from Parquet files (``jobs.ingest --source``): when new data arrives,
+
+    ray job submit ... -- python -m jobs.pipeline --config digits_refresh --dataset digits_2026_12 --source s3://bucket/new/
+ Each stage is the job a user would submit, run as its own process
 (``python -m jobs.<stage> ...``, printed before it starts) with the config's flags, its log
 echoed here. The train stage registers without moving an alias (``promote=false``): the
 evaluation's gates set ``candidate``, the release makes it ``champion``. A stage that exits
@@ -15,10 +20,18 @@ non-zero (a failed gate, a release rolled back) stops the pipeline with its reas
 status 1. What finished, and the versions made, is kept at
 ``<storage>/pipelines/<name>.json``: submitting again with the same ``--name`` resumes at
 the first stage not finished (a run of another config under that name is refused).
+
+``--on-alert AimassInputDrift`` arms the pipeline instead of starting it: the job waits,
+asking the cluster's Prometheus every ``--poll-s`` seconds, until that alert fires for the
+model the pipeline refreshes, then runs (a resumed run does not wait again). Submitted with
+``--no-wait``, it is the drift-triggered retraining:
+
+    ray job submit --no-wait ... -- python -m jobs.pipeline --config digits_refresh --source s3://bucket/latest/ --on-alert AimassInputDrift
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import hashlib
 import json
@@ -30,10 +43,13 @@ import time
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
+import httpx
+
 from cluster import storage
-from cluster.settings import get_settings
+from cluster.monitoring import alerts, prometheus
+from cluster.settings import Settings, get_settings
 from jobs._private.cli import JobParser, preset_config, validate
-from jobs.configs import PIPELINES, PipelineConfig, Stage, pipeline
+from jobs.configs import PIPELINES, PipelineConfig, Stage, pipeline, preset
 from jobs.configs.pipeline import as_argv
 from models.refs import ModelRef
 
@@ -206,23 +222,72 @@ def preflight(cfg: PipelineConfig) -> None:
         release_parse(["--model", "m", *as_argv(cfg.release or {})])
 
 
-def parse(argv: list[str] | None) -> tuple[str, str, PipelineConfig]:
-    """(run name, preset name, config) from the command line."""
+def refreshed_model(cfg: PipelineConfig) -> str:
+    """The model the pipeline's new version joins: ``--set register_as=``, else the
+    fine-tuned version's model, else the training preset's."""
+    for pair in cfg.train_set:
+        key, _, value = pair.partition("=")
+        if key == "register_as":
+            return value
+    return ModelRef.parse(cfg.from_).name if cfg.from_ else preset(cfg.train).register_as
+
+
+def wait_for_alert(settings: Settings, alert: str, model: str, poll_s: float) -> dict:
+    """Block until Prometheus holds ``alert`` firing for ``model``; that alert. Prometheus
+    out of reach is waited out (said once), as a restart of it would be."""
+    print(f"[pipeline] armed: waiting for {alert} on {model} ({prometheus.url(settings)})",
+          flush=True)  # fmt: skip
+    unreachable = False
+    while True:
+        try:
+            held = prometheus.firing(settings)
+        except httpx.HTTPError as err:
+            if not unreachable:
+                print(f"[pipeline] Prometheus unreachable ({err}); still waiting", flush=True)
+            unreachable, held = True, []
+        for found in held:
+            labels = found["labels"]
+            if (labels.get("alertname"), labels.get("model")) == (alert, model) and found[
+                "state"
+            ] == "firing":
+                return found
+        time.sleep(poll_s)
+
+
+def parse(argv: list[str] | None) -> tuple[str, str, PipelineConfig, argparse.Namespace]:
+    """(run name, preset name, config, the trigger flags) from the command line."""
     parser = JobParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="digits", choices=sorted(PIPELINES),
                         help="pipeline preset (default: digits)")  # fmt: skip
     parser.add_argument("--name", help="run name (default: <config>-<timestamp>)")
     parser.add_argument("--from", dest="from_", metavar="REF",
                         help="fine-tune this version (name@version or name@alias)")  # fmt: skip
+    parser.add_argument("--dataset", help="dataset to ingest, train and evaluate on")
+    parser.add_argument("--source", metavar="URI",
+                        help="new data to ingest first: Parquet (columns features, label)")  # fmt: skip
+    shipped = [rule.name for rule in alerts.rules(0, 0)]
+    parser.add_argument("--on-alert", metavar="ALERT", choices=shipped,
+                        help=f"wait until this alert fires for the model: {', '.join(shipped)}")  # fmt: skip
+    parser.add_argument("--poll-s", type=float, default=10.0,
+                        help="--on-alert: seconds between asks to Prometheus (default 10)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.on_alert and not prometheus.enabled(get_settings()):
+        parser.error("--on-alert: this cluster runs no Prometheus to fire it (see `aimass up`)")
+    if args.poll_s <= 0:
+        parser.error(f"--poll-s {args.poll_s:g}: give a number of seconds above 0")
     cfg = pipeline(args.config)
-    if args.from_:
-        values = cfg.model_dump() | {"from_": args.from_}
+    given = {k: getattr(args, k) for k in ("from_", "dataset") if getattr(args, k)}
+    if args.source:
+        if cfg.ingest is None:
+            parser.error(f"--source: pipeline {args.config} has no ingest stage")
+        given["ingest"] = cfg.ingest | {"source": args.source}
+    if given:
+        values = cfg.model_dump() | given
         cfg = validate(parser, PipelineConfig, values, flags={"from_": "--from"})
     name = args.name or f"{args.config}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,100}", name):
         parser.error(f"--name {name!r}: use letters, digits, '.', '-' or '_'")
-    return name, args.config, cfg
+    return name, args.config, cfg, args
 
 
 def load(uri: str) -> PipelineState | None:
@@ -258,15 +323,21 @@ def run(state: PipelineState, cfg: PipelineConfig, uri: str) -> PipelineState:
 
 
 def main(argv: list[str] | None = None) -> None:
-    name, config, cfg = parse(argv)
+    name, config, cfg, trigger = parse(argv)
     preflight(cfg)
-    uri = storage.join(get_settings().storage_root, "pipelines", f"{name}.json")
+    settings = get_settings()
+    uri = storage.join(settings.storage_root, "pipelines", f"{name}.json")
     saved = load(uri)
     state = start_or_resume(saved, name, config, cfg)
     first = state.next_stage(cfg.stages())
     if first is None:
         print(f"[pipeline] {name}: every stage finished already ({state.released()})")
         return
+    if trigger.on_alert and not state.records:
+        model = refreshed_model(cfg)
+        fired = wait_for_alert(settings, trigger.on_alert, model, trigger.poll_s)
+        summary = fired.get("annotations", {}).get("summary", "")
+        print(f"[pipeline] {trigger.on_alert} fired on {model}: {summary}", flush=True)
     how = "resuming" if saved else "starting"
     print(f"[pipeline] {name}: {how} at {first.value} (state: {uri})", flush=True)
     state = run(state, cfg, uri)

@@ -44,6 +44,7 @@ def state_after(*records: tuple[Stage, str | None], name: str = "p1") -> Pipelin
     ],
 )
 def test_every_preset_is_valid_and_plans_its_stages(name, stages):
+    """(digits_refresh: in the test of --source, which it needs.)"""
     cfg = pipeline(name)
     assert [s.value for s in cfg.stages()] == stages
     preflight(cfg)  # every stage's flags pass its own job's config
@@ -169,6 +170,43 @@ def test_bad_stage_flags_are_refused_before_any_stage_runs(capsys):
 
 
 def test_from_on_the_command_line_makes_the_run_a_fine_tune():
-    name, config, cfg = parse(["--config", "digits_smoke", "--from", "digits@3", "--name", "p2"])
+    name, config, cfg, _ = parse(["--config", "digits_smoke", "--from", "digits@3", "--name", "p2"])
     assert (name, config, cfg.from_) == ("p2", "digits_smoke", "digits@3")
     assert parse(["--config", "digits"])[0].startswith("digits-")
+
+
+def test_new_data_on_the_command_line_is_ingested_first_and_chained_through(capsys):
+    argv = ["--config", "digits_refresh", "--dataset", "scans_dec", "--source", "s3://b/new/"]
+    _, _, cfg, _ = parse([*argv, "--name", "r1"])
+    preflight(cfg)
+    assert [s.value for s in cfg.stages()] == ["ingest", "train", "evaluate", "release"]
+    state = PipelineState("r1", "digits_refresh", "sha")
+    assert stage_argv(Stage.INGEST, cfg, state) == [
+        "--dataset", "scans_dec", "--source", "s3://b/new/"
+    ]  # fmt: skip
+    assert "dataset=scans_dec" in stage_argv(Stage.TRAIN, cfg, state)
+    assert cfg.from_ == "digits@champion" and cfg.release["min_agreement"] == 0.0
+
+    with pytest.raises(SystemExit) as exit_:  # the preset names new data: it needs some
+        preflight(parse(["--config", "digits_refresh"])[2])
+    assert exit_.value.code == 2 and "give --source" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        parse(["--config", "digits_refresh", "--dataset", "Bad Name", "--source", "x"])
+    assert exit_.value.code == 2 and "--dataset" in capsys.readouterr().err
+
+
+def test_an_armed_pipeline_waits_for_the_alert_of_the_model_it_refreshes(
+    settings_env, monkeypatch, capsys
+):
+    from jobs.pipeline import refreshed_model
+
+    assert refreshed_model(pipeline("digits_refresh")) == "digits"  # the fine-tuned one's
+    assert refreshed_model(pipeline("digits_smoke")) == "digits_pipeline"  # register_as
+    assert refreshed_model(pipeline("digits")) == "digits"  # the preset's
+    with pytest.raises(SystemExit) as exit_:
+        parse(["--config", "digits", "--on-alert", "AimassDrift"])
+    assert exit_.value.code == 2 and "AimassInputDrift" in capsys.readouterr().err
+    monkeypatch.setenv("AIMASS_PROMETHEUS", "off")
+    with pytest.raises(SystemExit) as exit_:
+        parse(["--config", "digits", "--on-alert", "AimassInputDrift"])
+    assert exit_.value.code == 2 and "runs no Prometheus" in capsys.readouterr().err
