@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
 import os
 import random
@@ -176,9 +177,12 @@ class Traffic:
     """Bounded client load on loopback, with a ledger: one final outcome per request id.
 
     ``in_flight`` clients post ``body`` (a dict, or a function making one per request) and
-    ``headers()`` to ``url`` until stopped (or ``limit_s``). A request
+    ``headers()`` to ``url`` until stopped (or ``limit_s``), ``pause_s`` apart. A request
     answered >= 500, or not answered, is retried up to ``retries`` times with backoff (0.1,
     0.2, 0.4 s ...), as a well-behaved client does; the ledger keeps its last outcome.
+    With ``feedback_url``, ``body()`` makes (body, labels) and each answered request's
+    labels are posted there a moment later, as a client learning the truth does
+    (``fed_back`` counts those taken).
 
         with Traffic(url, key) as load:
             load.wait_for(50)          # requests answered so far
@@ -195,11 +199,17 @@ class Traffic:
         retries: int = 0,
         limit_s: float = 180,
         headers=None,
+        pause_s: float = 0.0,
+        feedback_url: str | None = None,
     ) -> None:
         self.url, self.key, self.body = url, key, body
         self.in_flight, self.retries, self.limit_s = in_flight, retries, limit_s
         self.headers = headers or (lambda: {})
+        self.pause_s, self.feedback_url = pause_s, feedback_url
         self.ledger: list[tuple[str, object, object, int]] = []  # rid, status, version, tries
+        self.fed_back = 0
+        self.feedback_refused: list[tuple[int, str]] = []
+        self._labels: collections.deque = collections.deque()  # (rid, labels, answered at)
         self._running = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -227,6 +237,8 @@ class Traffic:
         rid = uuid.uuid4().hex
         headers = {"X-API-Key": self.key, "X-Request-ID": rid} | self.headers()
         body = self.body() if callable(self.body) else self.body
+        if self.feedback_url:
+            body, labels = body
         outcome, version = None, None
         for attempt in range(self.retries + 1):
             if attempt:
@@ -240,6 +252,27 @@ class Traffic:
             except httpx.HTTPError as err:
                 outcome, version = type(err).__name__, str(err)[:200]
         self.ledger.append((rid, outcome, version, attempt + 1))
+        if self.feedback_url and outcome == 200:
+            self._labels.append((rid, labels, time.monotonic()))
+
+    async def _feed(self, http: httpx.AsyncClient) -> None:
+        """Post each answer's labels once it is 1 s old; a 404 (the answer has not reached
+        the release controller yet: outcomes go in batches) is tried again for 30 s."""
+        headers = {"X-API-Key": self.key}
+        while self._running.is_set() or self._labels:
+            if not self._labels or time.monotonic() - self._labels[0][2] < 1.0:
+                await asyncio.sleep(0.2)
+                continue
+            rid, labels, at = self._labels.popleft()
+            r = await http.post(
+                self.feedback_url, json={"request_id": rid, "labels": labels}, headers=headers
+            )
+            if r.status_code == 200:
+                self.fed_back += 1
+            elif r.status_code == 404 and time.monotonic() - at < 30:
+                self._labels.append((rid, labels, at))
+            elif r.status_code != 404:
+                self.feedback_refused.append((r.status_code, r.text[:200]))
 
     async def _run(self) -> None:
         deadline = time.monotonic() + self.limit_s
@@ -248,8 +281,10 @@ class Traffic:
             async def client() -> None:
                 while self._running.is_set() and time.monotonic() < deadline:
                     await self._one(http)
+                    await asyncio.sleep(self.pause_s)
 
-            await asyncio.gather(*(client() for _ in range(self.in_flight)))
+            feed = [self._feed(http)] if self.feedback_url else []
+            await asyncio.gather(*(client() for _ in range(self.in_flight)), *feed)
 
 
 @pytest.fixture(scope="session")
