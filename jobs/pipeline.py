@@ -12,7 +12,8 @@ fresh weights; ``--dataset NAME`` works on another dataset, and ``--source URI``
 first from Parquet files (``jobs.ingest --source``): when new data arrives,
 
     ray job submit ... -- python -m jobs.pipeline --config digits_refresh --dataset digits_2026_12 --source s3://bucket/new/
- Each stage is the job a user would submit, run as its own process
+
+Each stage is the job a user would submit, run as its own process
 (``python -m jobs.<stage> ...``, printed before it starts) with the config's flags, its log
 echoed here. The train stage registers without moving an alias (``promote=false``): the
 evaluation's gates set ``candidate``, the release makes it ``champion``. A stage that exits
@@ -245,11 +246,10 @@ def wait_for_alert(settings: Settings, alert: str, model: str, poll_s: float) ->
             if not unreachable:
                 print(f"[pipeline] Prometheus unreachable ({err}); still waiting", flush=True)
             unreachable, held = True, []
+        wanted = (alert, model, "firing")
         for found in held:
             labels = found["labels"]
-            if (labels.get("alertname"), labels.get("model")) == (alert, model) and found[
-                "state"
-            ] == "firing":
+            if (labels.get("alertname"), labels.get("model"), found["state"]) == wanted:
                 return found
         time.sleep(poll_s)
 
