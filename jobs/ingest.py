@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 from pydantic import BaseModel, Field, model_validator
 from sklearn.datasets import load_digits
@@ -120,17 +121,36 @@ def read_source(uri: str) -> tuple[np.ndarray, np.ndarray]:
         )
     if table.num_rows < 50:
         raise SourceError(f"{uri} has {table.num_rows} rows: at least 50 are needed to split")
+    x = _feature_matrix(table.column(FEATURES).combine_chunks(), uri)
     try:
-        x = np.array(table.column(FEATURES).to_pylist(), dtype=np.float32)
         y = table.column(LABEL).to_numpy().astype(np.int64, casting="safe")
     except (ValueError, TypeError) as err:
-        raise SourceError(f"{uri}: features must be equal-length lists of numbers, "
-                          f"labels integers ({err})") from None  # fmt: skip
-    if x.ndim != 2 or not np.isfinite(x).all():
-        raise SourceError(f"{uri}: features must be equal-length lists of finite numbers")
+        raise SourceError(f"{uri}: labels must be integers ({err})") from None
     if y.min() < 0:
         raise SourceError(f"{uri}: labels must be class numbers 0, 1, ... (found {y.min()})")
     return x, y
+
+
+def _feature_matrix(features: pa.Array, uri: str) -> np.ndarray:
+    """float32 [rows, width] of a list column, through Arrow's buffers (no Python object
+    per value: a source may hold millions of rows). SourceError unless every row is a list
+    of the same number of finite numbers."""
+    kind = features.type
+    refused = SourceError(f"{uri}: features must be equal-length lists of finite numbers")
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)
+            or pa.types.is_fixed_size_list(kind)):  # fmt: skip
+        raise refused
+    if not (pa.types.is_integer(kind.value_type) or pa.types.is_floating(kind.value_type)):
+        raise refused
+    lengths = pc.list_value_length(features)
+    width = pc.min_max(lengths).as_py()
+    if features.null_count or width["min"] != width["max"] or not width["min"]:
+        raise refused
+    flat = features.flatten().to_numpy(zero_copy_only=False)  # a null value reads as NaN
+    x = flat.astype(np.float32).reshape(len(features), width["min"])
+    if not np.isfinite(x).all():
+        raise refused
+    return x
 
 
 def ingest_source(cfg: IngestConfig, storage_root: str) -> Manifest:

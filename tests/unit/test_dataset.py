@@ -162,7 +162,10 @@ def test_new_data_from_parquet_is_split_stratified_with_its_profile(tmp_path):
     [
         ({"features": [[1.0, 2.0]] * 60}, "['label'] missing"),
         ({"features": [[1.0, 2.0]] * 59 + [[1.0]], "label": [0, 1] * 30}, "equal-length"),
-        ({"features": [[1.0, 2.0]] * 60, "label": [0.5] * 60}, "labels integers"),
+        ({"features": [[1.0, None]] * 60, "label": [0, 1] * 30}, "finite numbers"),
+        ({"features": [["1", "2"]] * 60, "label": [0, 1] * 30}, "lists of finite numbers"),
+        ({"features": [1.0] * 60, "label": [0, 1] * 30}, "lists of finite numbers"),
+        ({"features": [[1.0, 2.0]] * 60, "label": [0.5] * 60}, "labels must be integers"),
         ({"features": [[1.0, 2.0]] * 60, "label": [-1, 0] * 30}, "class numbers"),
         ({"features": [[1.0, 2.0]] * 10, "label": [0, 1] * 5}, "at least 50"),
         ({"features": [[1.0, 2.0]] * 60, "label": [0] * 59 + [1]}, "stratified"),
