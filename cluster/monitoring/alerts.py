@@ -71,11 +71,18 @@ def rules(p99_budget_ms: float, drift_threshold: float) -> list[Rule]:
         ),
         Rule(
             "AimassReleaseRolledBack",
-            'sum by (model) (increase(ray_aimass_release_events_total{action="rollback"}[{w}])) '
-            "> 0",
+            _rose('ray_aimass_release_events_total{action="rollback"}', "model"),
             "warning",
             "{{ $labels.model }}: a release candidate was rolled back.",
             instant=True,
+        ),
+        Rule(
+            "AimassReleaseStalled",
+            # A state, not an event: the controller sets it every tick of a running release.
+            "max by (model) (ray_aimass_release_stalled) > 0",
+            "warning",
+            "{{ $labels.model }}: the release's candidate gets none of the traffic (every "
+            "caller is outside its share: send X-User-ID per end user, or abort it).",
         ),
         Rule(
             "AimassInputDrift",
@@ -94,6 +101,17 @@ def rules(p99_budget_ms: float, drift_threshold: float) -> list[Rule]:
             instant=True,
         ),
     ]
+
+
+def _rose(counter: str, by: str) -> str:
+    """PromQL: ``counter`` rose within the window, its first event included. Ray creates a
+    counter's series at its first increment, already at 1, and ``increase()`` needs a
+    sample before the rise (a model's first rollback went unseen): a series that did not
+    exist a window ago counts as a rise too."""
+    return (
+        f"sum by ({by}) (increase({counter}[{{w}}])) > 0 or "
+        f"sum by ({by}) ({counter} unless {counter} offset {{w}})"
+    )
 
 
 def render(window_s: int, for_s: int, p99_budget_ms: float, drift_threshold: float) -> str:
