@@ -38,12 +38,11 @@ import uuid
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from ray.util.metrics import Counter, Gauge
-
 from actors.release.aliases import candidate_alias, champion_alias, release_region, serving
 from actors.release.config import ReleaseConfig
 from actors.release.decision import Action, Decision, decide
 from actors.release.exceptions import ReleaseError
+from actors.release.metrics import ReleaseMetrics
 from actors.release.routing import Mode, Outcome, Route
 from actors.release.state import Release, ReleaseState, ReleaseStore
 from actors.release.stats import OnlineWindows
@@ -125,7 +124,7 @@ class ReleaseController:
         # Moves (start, abort, a tick's decisions) one at a time: each re-checks a
         # release's state after its registry calls, which yield to other calls.
         self._moving = asyncio.Lock()
-        self._metrics = _Metrics()
+        self._metrics = ReleaseMetrics()
 
     # ---- what gateways call ----------------------------------------------------------
 
@@ -293,8 +292,11 @@ class ReleaseController:
             r.step = d.step
             self._new_window(r)
             self._event(r, Action.STEP.value, f"to {r.config.steps[r.step]:g} %")
+        self._metrics.stalled(r, d.action is Action.STALL)
         if d.action is Action.PROMOTE:
             await self._promote(r, d.reason)
+        elif d.action is Action.STALL and r.history[-1]["action"] != Action.STALL.value:
+            self._event(r, d.action.value, d.reason)  # once per step: it warns, it moves nothing
         elif d.ends_in is not None:
             await self._end(r, d)
 
@@ -364,26 +366,6 @@ class ReleaseController:
             d = self._decide(r)
             status["next"] = {"action": d.action.value, "reason": d.reason}
         return status
-
-
-class _Metrics:
-    """What releases export (Ray's metrics → Prometheus; outside Ray they record nothing)."""
-
-    def __init__(self) -> None:
-        self.share = Gauge(
-            "aimass_release_candidate_share",
-            description="Share of a model's traffic the release candidate answers (0-1).",
-            tag_keys=("model",),
-        )
-        self.events = Counter(
-            "aimass_release_events",
-            description="Release moves: start, step, promote, rollback, abort, passed.",
-            tag_keys=("model", "action"),
-        )
-
-    def moved(self, r: Release, action: str) -> None:
-        self.events.inc(tags={"model": r.model, "action": action})
-        self.share.set(r.share, tags={"model": r.model})
 
 
 class _DeployedController(ReleaseController):

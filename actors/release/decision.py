@@ -20,6 +20,9 @@ class Action(str, Enum):
     history and in the ``aimass_release_events`` metric (with ``start``)."""
 
     HOLD = "hold"  # keep the current share: the step has not gathered enough yet
+    # HOLD, and tell the operator: traffic flows, but none of it reaches the candidate
+    # (the sticky split put every caller on the champion's side).
+    STALL = "stalled"
     STEP = "step"  # canary: move to the next, larger share
     PROMOTE = "promote"  # canary: the candidate becomes the champion
     PASS = "passed"  # shadow: enough comparisons within thresholds
@@ -78,8 +81,9 @@ def decide(
 
     In this order: the champion moved → ABORT; a threshold broken → ROLL_BACK; an A/B split
     → HOLD (it runs until aborted, by hand or by a threshold); out of ``max_release_s`` →
-    ROLL_BACK; the step short of ``min_step_s`` or ``min_requests`` → HOLD; then a shadow
-    PASSes, a canary STEPs up, and its last step PROMOTEs.
+    ROLL_BACK; the step short of ``min_step_s`` or ``min_requests`` → HOLD (STALL when the
+    champion had enough traffic for the step's share and the candidate none of it); then a
+    shadow PASSes, a canary STEPs up, and its last step PROMOTEs.
     """
     if release.state is not ReleaseState.RUNNING:
         return Decision(Action.HOLD, f"the release has ended ({release.state.value})")
@@ -96,14 +100,24 @@ def decide(
         return Decision(
             Action.ROLL_BACK, f"not enough traffic to decide within {cfg.max_release_s:.0f} s"
         )
-    return _after_the_step(release, candidate, held_s=now - release.step_started)
+    return _after_the_step(release, champion, candidate, held_s=now - release.step_started)
 
 
-def _after_the_step(release: Release, candidate: OnlineStats, held_s: float) -> Decision:
+def _after_the_step(
+    release: Release, champion: OnlineStats, candidate: OnlineStats, held_s: float
+) -> Decision:
     """HOLD until the step has lasted and gathered enough; then PASS, STEP or PROMOTE."""
     cfg = release.config
     shadow = cfg.mode == "shadow"
     gathered = candidate.compared if shadow else candidate.requests
+    if held_s >= cfg.min_step_s and _starved(release, champion, candidate):
+        return Decision(
+            Action.STALL,
+            f"the candidate got none of the step's {champion.requests} requests: callers "
+            f"are split by API key or X-User-ID, and every one so far is outside the "
+            f"{release.share:.0%} share. Send X-User-ID per end user, or abort; the release "
+            f"rolls back after max_release_s ({cfg.max_release_s:.0f} s)",
+        )
     if held_s < cfg.min_step_s or gathered < cfg.min_requests:
         what = "comparisons" if shadow else "candidate answers"
         return Decision(
@@ -121,3 +135,13 @@ def _after_the_step(release: Release, candidate: OnlineStats, held_s: float) -> 
     # Reaching the last step (100 %) is the promotion itself (see ReleaseConfig): the
     # history shows the step, then the promotion, in the same tick.
     return Decision(Action.PROMOTE, "every step held within thresholds", step=after)
+
+
+def _starved(release: Release, champion: OnlineStats, candidate: OnlineStats) -> bool:
+    """Whether the champion's traffic would have filled the step's ``min_requests`` at
+    its share, split request by request, while the candidate got none. The split is per
+    caller (``routing.in_candidate_share``): a few callers, or one key without X-User-ID,
+    can all fall outside a small share, and the step would wait for ``max_release_s``."""
+    return (
+        candidate.requests == 0 and champion.requests * release.share >= release.config.min_requests
+    )

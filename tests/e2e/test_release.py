@@ -1,6 +1,7 @@
-"""Releases over real HTTP: a bad candidate is rolled back with no human action, a good one
-reaches 100 %, and no client request fails during either switch; an operator follows and
-aborts one with `aimass release`; pinned versions, feedback.
+"""Releases over real HTTP: a bad candidate is rolled back with no human action (and the
+rollback alert fires), a good one reaches 100 %, and no client request fails during either
+switch; a canary none of whose callers is in its share is reported stalled (and alerted);
+an operator follows and aborts one with `aimass release`; pinned versions, feedback.
 
 Each release is a real `ray job submit ... -- python -m jobs.release` while a bounded client
 load (loopback, a ledger of every request) runs against the gateway.
@@ -8,6 +9,8 @@ load (loopback, a ledger of every request) runs against the gateway.
 
 from __future__ import annotations
 
+import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -18,9 +21,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from ray._common.test_utils import wait_for_condition
 from sklearn.datasets import load_digits
 
+from actors.release.routing import in_candidate_share
 from cluster.cli.deploy import wait_for_version
+from cluster.monitoring import prometheus
 from jobs._private.publish import publish
 from models.dataset import dataset_uri, read_manifest
 from models.zoo import build_model
@@ -106,6 +112,11 @@ def test_a_bad_candidate_is_rolled_back_by_itself_with_no_failed_request(served,
     tags = served.registry.client.get_model_version("digits", str(bad)).tags
     assert tags["aimass.release"].startswith("rolled_back")
     wait_for_version(served.settings, served.key, "digits", champion)
+    # Operators hear of it: the shipped alert fires (an event: no hold), the first rollback
+    # of the model included, whose counter series starts at 1.
+    wait_for_condition(
+        lambda: _alerting(served, "AimassReleaseRolledBack"), timeout=90, retry_interval_ms=2000
+    )
 
 
 def test_a_good_candidate_reaches_full_traffic_with_no_failed_request(served, submit, traffic):
@@ -156,6 +167,45 @@ def test_an_operator_follows_and_aborts_a_release_with_the_cli(served, submit):
     assert served.registry.resolve("digits@champion").version == champion
     with pytest.raises(Exception, match="candidate"):
         served.registry.resolve("digits@candidate")
+
+
+def _alerting(served, alert: str) -> bool:
+    return any(
+        (a["labels"]["alertname"], a["labels"].get("model"), a["state"])
+        == (alert, "digits", "firing")
+        for a in prometheus.firing(served.settings)
+    )
+
+
+def test_a_canary_whose_callers_are_all_outside_its_share_is_reported_stalled(
+    served, submit, traffic
+):
+    champion = served.registry.resolve("digits@champion").version
+    candidate = _register_copy_of_champion(served)
+    flags = ("--candidate", str(candidate), "--steps", "5,100", "--min-step-s", "2",
+             "--min-requests", "20", "--no-wait")  # fmt: skip
+    started = submit("python", "-m", "jobs.release", "--model", "digits", *flags).stdout
+    release = re.search(r"\(release ([0-9a-f]+)\)", started).group(1)
+    # Callers the sticky split puts on the champion's side, as a few real ones can all be.
+    outside = [u for u in (uuid.uuid4().hex for _ in range(100))
+               if not in_candidate_share(release, u, 0.05)]  # fmt: skip
+    caller = lambda: {"X-User-ID": random.choice(outside)}  # noqa: E731
+    try:
+        with traffic(in_flight=4, body=_random_digit, headers=caller) as load:
+            wait_for_condition(
+                lambda: _alerting(served, "AimassReleaseStalled"),
+                timeout=120,
+                retry_interval_ms=2000,
+            )
+            status = _aimass("release", "status", "digits").stdout
+        assert "stalled" in status and "X-User-ID" in status, status
+        assert load.failures() == [] and {e[2] for e in load.ledger} == {champion}
+    finally:
+        _aimass("release", "abort", "digits", "--reason", "e2e: stalled on purpose")
+    # Ended, the release is no longer stalled: the alert resolves.
+    wait_for_condition(
+        lambda: not _alerting(served, "AimassReleaseStalled"), timeout=120, retry_interval_ms=2000
+    )
 
 
 def _predict(served, url: str, rid: str | None = None, rows: int = 3) -> httpx.Response:

@@ -5,6 +5,7 @@ history, persistence."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import pkgutil
 
@@ -125,6 +126,29 @@ def test_a_good_canary_steps_up_and_is_promoted(new_controller, registry, clock,
     assert asyncio.run(controller.routes())["digits"] == Route(champion=2)
     saved = json.loads((tmp_path / "releases.json").read_text())["releases"]
     assert saved[0]["state"] == "promoted" and len(saved[0]["history"]) == 3
+
+
+def test_a_step_whose_candidate_gets_no_traffic_warns_once_and_moves_on_when_it_does(
+    new_controller, clock
+):
+    async def scenario():
+        controller = new_controller()
+        await controller.start(_config(steps=[10, 100]))
+        for _ in range(3):  # 200 champion answers a tick, none for the candidate
+            await _answers(controller, 1, 200)
+            clock.now += 11
+            await controller.tick()
+        stalled = copy.deepcopy((await controller.status("digits"))[0])  # history goes on
+        await _answers(controller, 2, 40)  # callers inside the share arrive
+        await controller.tick()
+        return stalled, (await controller.status("digits"))[0]
+
+    stalled, after = asyncio.run(scenario())
+    assert [e["action"] for e in stalled["history"]] == ["start", "stalled"]
+    assert "none of the step's 200 requests" in stalled["history"][1]["detail"]
+    assert "X-User-ID" in stalled["history"][1]["detail"]
+    assert stalled["state"] == "running" and stalled["next"]["action"] == "stalled"
+    assert [e["action"] for e in after["history"]] == ["start", "stalled", "step", "promote"]
 
 
 def test_a_bad_candidate_is_rolled_back_and_tagged(new_controller, registry, clock):

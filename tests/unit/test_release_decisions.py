@@ -34,8 +34,11 @@ def _release(step: int = 0, state=ReleaseState.RUNNING, **config) -> Release:
     return Release("r", "m", 1, 2, cfg, state=state, step=step, started=T0, step_started=T0)
 
 
-def _decide(release: Release, candidate: OnlineStats, *, after_s: float, champion_now=1):
-    return decide(release, champion_now, _stats(100), candidate, T0 + after_s)
+def _decide(
+    release: Release, candidate: OnlineStats, *, after_s: float, champion_now=1, champion=None
+):
+    champion = _stats(100) if champion is None else champion
+    return decide(release, champion_now, champion, candidate, T0 + after_s)
 
 
 ENOUGH = dict(candidate=_stats(40, agreed=40), after_s=11)  # a step's time and answers
@@ -99,6 +102,30 @@ ENOUGH = dict(candidate=_stats(40, agreed=40), after_s=11)  # a step's time and 
             None,
             "19 of 20 candidate answers",
             id="not enough answers: hold",
+        ),
+        pytest.param(
+            _release(),
+            {"candidate": _stats(0), "after_s": 60, "champion": _stats(400)},
+            Action.STALL,
+            None,
+            "none of the step's 400 requests",
+            id="traffic flows but none reaches the candidate: stalled",
+        ),
+        pytest.param(
+            _release(),
+            {"candidate": _stats(0), "after_s": 60, "champion": _stats(399)},
+            Action.HOLD,
+            None,
+            "0 of 20 candidate answers",
+            id="too little traffic to expect the share's answers: hold",
+        ),
+        pytest.param(
+            _release(),
+            {"candidate": _stats(0), "after_s": 9, "champion": _stats(400)},
+            Action.HOLD,
+            None,
+            "9 of 10 s",
+            id="no candidate answer before the step's time: hold",
         ),
         pytest.param(
             _release(mode="shadow"),
@@ -176,6 +203,7 @@ def test_a_decision_says_which_state_it_ends_in_and_cannot_change():
     ends = {a: Decision(a, "why").ends_in for a in Action}
     assert ends == {
         Action.HOLD: None,
+        Action.STALL: None,
         Action.STEP: None,
         Action.PROMOTE: ReleaseState.PROMOTED,
         Action.PASS: ReleaseState.PASSED,
