@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,7 @@ class LoadedModel:
     session: ort.InferenceSession
     signature: Signature
     profile: InputProfile | None = None  # the training inputs' (None: recorded before drift)
+    loaded_at: float = field(default_factory=time.monotonic)  # when its session was opened
 
 
 @dataclass(slots=True)
@@ -137,7 +139,9 @@ class Predictor:
     async def predict(self, inputs: list[np.ndarray]) -> list[Prediction]:
         """One ONNX Runtime call over every request of the batch (one version: Serve splits
         batches by multiplexed model id)."""
+        asked = time.monotonic()
         model = await self.load(serve.get_multiplexed_model_id())
+        cold = model.loaded_at >= asked  # this batch waited for the load
         batch_sizes().observe(
             len(inputs), tags={"model": model.name, "version": str(model.version)}
         )
@@ -152,4 +156,5 @@ class Predictor:
         self.drift.observe(model.name, model.version, model.profile, batch)
         proba = softmax(logits)
         splits = np.cumsum([len(x) for x in inputs])[:-1]
-        return [Prediction(model.version, part, self.region) for part in np.split(proba, splits)]
+        parts = np.split(proba, splits)
+        return [Prediction(model.version, part, self.region, cold) for part in parts]

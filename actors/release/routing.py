@@ -65,3 +65,4 @@ class Outcome:
     agreed: bool | None = None  # None: not compared with the champion
     request_id: str | None = None
     predictions: list[int] | None = None  # kept for feedback
+    cold: bool = False  # it waited for the version to load: no latency sample of the model

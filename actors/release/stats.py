@@ -36,7 +36,9 @@ class OnlineStats:
     def add(self, o: Outcome) -> None:
         self.requests += 1
         self.errors += not o.ok
-        if o.ok:  # a failed answer's latency is a timeout's or an error's, not the model's
+        # A failed answer's latency is a timeout's or an error's, and a cold one's is the
+        # version's load on its replica (a candidate's first answers): not the model's.
+        if o.ok and not o.cold:
             self.latencies_ms.append(o.latency_ms)
         if o.agreed is not None:
             self.compared += 1

@@ -166,7 +166,9 @@ class Answers:
             except ApiError:
                 pass  # the other version failed this one: nothing to compare against
         predictions = result.probabilities.argmax(axis=1).tolist()
-        self.outcomes.record(Outcome(name, version, True, latency_ms, agreed, rid, predictions))
+        self.outcomes.record(
+            Outcome(name, version, True, latency_ms, agreed, rid, predictions, result.cold)
+        )
         return result
 
     def _in_background(self, coro) -> None:

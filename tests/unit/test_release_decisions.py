@@ -229,6 +229,16 @@ def test_each_threshold_names_itself_when_broken():
     assert "accuracy" in broken_threshold(t, champion, candidate)
 
 
+def test_an_answer_that_waited_for_its_version_to_load_is_no_latency_sample():
+    candidate = _stats(40)
+    for _ in range(5):  # a new version's first answers, behind its load on the replica
+        candidate.add(Outcome("m", 2, True, 900.0, True, cold=True))
+    assert candidate.requests == 45 and candidate.summary()["p95_ms"] == 5.0
+    assert broken_threshold(Thresholds(min_samples=20), _stats(100), candidate) is None
+    candidate.add(Outcome("m", 2, False, 0.0, cold=True))
+    assert candidate.errors == 1  # a cold failure still counts as a failure
+
+
 def test_no_check_fires_before_it_has_its_samples():
     t = Thresholds(min_samples=20)
     assert (
